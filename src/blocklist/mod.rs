@@ -1,0 +1,15 @@
+//! The blocklist: IPs, CIDR ranges, users and API keys that enforcement
+//! points refuse, with expiry, deactivation and the allowlist that nothing
+//! can override.
+
+pub mod entity;
+mod model;
+mod routes;
+mod store;
+
+pub use entity::{Entity, EntityType, Network};
+pub use model::{Block, BlockOutcome, NewBlock, BLOCK_COLUMNS};
+pub use routes::{parse_reason, router};
+pub use store::{
+    block_entity, deactivate_allowlisted, deactivate_block, find_live_block, resolve_expiry,
+};

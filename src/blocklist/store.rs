@@ -1,0 +1,321 @@
+//! Creating, extending, deactivating and finding blocks.
+
+use sqlx::{Any, Executor, Row};
+
+use super::entity::{range_key, Entity, Network};
+use super::model::{Block, BlockOutcome, NewBlock, BLOCK_COLUMNS};
+use crate::audit::{self, Change};
+use crate::error::{Error, Result};
+use crate::policy::load_policy;
+use crate::storage::Tx;
+use crate::time::Timestamp;
+
+/// Turns `duration_seconds` or `expires_at` (at most one) into an expiry.
+pub fn resolve_expiry(
+    now: Timestamp,
+    duration_seconds: Option<i64>,
+    expires_at: Option<Timestamp>,
+) -> Result<Option<Timestamp>> {
+    match (duration_seconds, expires_at) {
+        (Some(_), Some(_)) => Err(Error::invalid_field(
+            "expires_at",
+            "give either duration_seconds or expires_at, not both",
+        )),
+        (Some(seconds), None) if seconds <= 0 => Err(Error::invalid_field(
+            "duration_seconds",
+            "must be a positive number of seconds",
+        )),
+        (Some(seconds), None) => now
+            .plus_seconds(seconds)
+            .map(Some)
+            .ok_or_else(|| Error::invalid_field("duration_seconds", "ends after year 9999")),
+        (None, Some(at)) if at <= now => {
+            Err(Error::invalid_field("expires_at", "is not in the future"))
+        }
+        (None, at) => Ok(at),
+    }
+}
+
+/// Blocks an entity, or extends its active block to the later expiry
+/// (permanent wins). Refused with 409 when the entity overlaps the
+/// allowlist, whoever asks.
+pub async fn block_entity(tx: &mut Tx, now: Timestamp, new: NewBlock) -> Result<BlockOutcome> {
+    refuse_allowlisted(tx, &new.entity).await?;
+
+    if let Some(existing) = find_live_block(&mut **tx, &new.entity, now).await? {
+        if existing.is_active {
+            return extend_block(tx, now, existing, new.expires_at, &new.created_by).await;
+        }
+        retire_expired_block(tx, &existing).await?;
+    }
+
+    match insert_block(tx, now, &new).await? {
+        Some(block) => Ok(BlockOutcome::Created(block)),
+        None => {
+            // Another transaction created it between our look and our insert.
+            let existing = find_live_block(&mut **tx, &new.entity, now)
+                .await?
+                .ok_or_else(|| Error::Conflict("the block changed meanwhile; retry".to_string()))?;
+            extend_block(tx, now, existing, new.expires_at, &new.created_by).await
+        }
+    }
+}
+
+async fn refuse_allowlisted(tx: &mut Tx, entity: &Entity) -> Result<()> {
+    let Some(network) = entity.network() else {
+        return Ok(());
+    };
+    let policy = load_policy(&mut **tx).await?;
+    match policy
+        .settings
+        .allowlist
+        .iter()
+        .find(|allowed| allowed.overlaps(&network))
+    {
+        Some(allowed) => Err(Error::Conflict(format!(
+            "{} overlaps the allowlist entry {allowed}; allowlisted addresses are never blocked",
+            entity.value()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The block of `entity` that has not been deactivated, expired or not.
+pub async fn find_live_block<'e, E: Executor<'e, Database = Any>>(
+    executor: E,
+    entity: &Entity,
+    now: Timestamp,
+) -> Result<Option<Block>> {
+    let sql = format!(
+        "SELECT {BLOCK_COLUMNS} FROM blocks \
+         WHERE entity_type = $1 AND value = $2 AND deactivated_at IS NULL"
+    );
+    let row = sqlx::query(&sql)
+        .bind(entity.entity_type().as_str())
+        .bind(entity.value())
+        .fetch_optional(executor)
+        .await?;
+    row.map(|row| Block::from_row(&row, now)).transpose()
+}
+
+/// `ON CONFLICT … DO NOTHING` against the one-live-block-per-entity index
+/// makes a concurrent duplicate return no row instead of failing the
+/// transaction.
+async fn insert_block(tx: &mut Tx, now: Timestamp, new: &NewBlock) -> Result<Option<Block>> {
+    let network = new.entity.network();
+    let range = network.map(|network| network.range());
+    let sql = format!(
+        "INSERT INTO blocks (entity_type, value, family, range_start, range_end, reason, source, \
+             created_by, action_request_id, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (entity_type, value) WHERE deactivated_at IS NULL DO NOTHING \
+         RETURNING {BLOCK_COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(new.entity.entity_type().as_str())
+        .bind(new.entity.value())
+        .bind(network.map(|network| network.family()))
+        .bind(range.map(|(start, _)| range_key(start)))
+        .bind(range.map(|(_, end)| range_key(end)))
+        .bind(&new.reason)
+        .bind(new.source.as_str())
+        .bind(&new.created_by)
+        .bind(new.action_request_id)
+        .bind(now.millis())
+        .bind(new.expires_at.map(Timestamp::millis))
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+
+    let block = Block::from_row(&row, now)?;
+    let change = Change {
+        actor: &new.created_by,
+        kind: "block.created",
+        subject_type: "block",
+        subject_id: Some(block.id.to_string()),
+        old_value: None,
+        new_value: Some(serde_json::to_value(&block).expect("block serialises")),
+    };
+    audit::record(tx, now, change).await?;
+    tracing::info!(
+        block.id = block.id,
+        block.entity_type = block.entity_type.as_str(),
+        "block created"
+    );
+    Ok(Some(block))
+}
+
+/// Moves an active block's expiry to the later of the two; permanent wins.
+async fn extend_block(
+    tx: &mut Tx,
+    now: Timestamp,
+    existing: Block,
+    requested: Option<Timestamp>,
+    actor: &str,
+) -> Result<BlockOutcome> {
+    let later = match (existing.expires_at, requested) {
+        (None, _) | (_, None) => None,
+        (Some(current), Some(requested)) => Some(current.max(requested)),
+    };
+    if later == existing.expires_at {
+        return Ok(BlockOutcome::Existing(existing));
+    }
+
+    sqlx::query("UPDATE blocks SET expires_at = $1 WHERE id = $2")
+        .bind(later.map(Timestamp::millis))
+        .bind(existing.id)
+        .execute(&mut **tx)
+        .await?;
+    let extended = Block {
+        expires_at: later,
+        ..existing.clone()
+    };
+    let change = Change {
+        actor,
+        kind: "block.extended",
+        subject_type: "block",
+        subject_id: Some(existing.id.to_string()),
+        old_value: Some(serde_json::json!({"expires_at": existing.expires_at})),
+        new_value: Some(serde_json::json!({"expires_at": later})),
+    };
+    audit::record(tx, now, change).await?;
+    tracing::info!(block.id = existing.id, "block extended");
+    Ok(BlockOutcome::Existing(extended))
+}
+
+/// Closes an expired block at its expiry instant, so that a new block of the
+/// same entity can be created.
+async fn retire_expired_block(tx: &mut Tx, expired: &Block) -> Result<()> {
+    let Some(expired_at) = expired.expires_at else {
+        return Ok(());
+    };
+    sqlx::query(
+        "UPDATE blocks SET deactivated_at = $1, deactivated_by = 'system', \
+             deactivation_reason = 'expired' \
+         WHERE id = $2 AND deactivated_at IS NULL",
+    )
+    .bind(expired_at.millis())
+    .bind(expired.id)
+    .execute(&mut **tx)
+    .await?;
+    let change = Change {
+        actor: "system",
+        kind: "block.expired",
+        subject_type: "block",
+        subject_id: Some(expired.id.to_string()),
+        old_value: None,
+        new_value: Some(serde_json::json!({"expires_at": expired_at})),
+    };
+    audit::record(tx, expired_at, change).await
+}
+
+/// Deactivates a block. A block that is already inactive (deactivated or
+/// expired) is returned unchanged.
+pub async fn deactivate_block(
+    tx: &mut Tx,
+    now: Timestamp,
+    id: i64,
+    actor: &str,
+    reason: &str,
+) -> Result<Block> {
+    let sql = format!(
+        "UPDATE blocks SET deactivated_at = $1, deactivated_by = $2, deactivation_reason = $3 \
+         WHERE id = $4 AND deactivated_at IS NULL AND (expires_at IS NULL OR expires_at > $1) \
+         RETURNING {BLOCK_COLUMNS}"
+    );
+    let updated = sqlx::query(&sql)
+        .bind(now.millis())
+        .bind(actor)
+        .bind(reason)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(row) = updated else {
+        return find_block(&mut **tx, id, now).await;
+    };
+
+    let block = Block::from_row(&row, now)?;
+    let change = Change {
+        actor,
+        kind: "block.deactivated",
+        subject_type: "block",
+        subject_id: Some(id.to_string()),
+        old_value: Some(serde_json::json!({"is_active": true})),
+        new_value: Some(serde_json::json!({"is_active": false, "reason": reason})),
+    };
+    audit::record(tx, now, change).await?;
+    tracing::info!(block.id = id, "block deactivated");
+    Ok(block)
+}
+
+/// One block by id, or 404.
+pub async fn find_block<'e, E: Executor<'e, Database = Any>>(
+    executor: E,
+    id: i64,
+    now: Timestamp,
+) -> Result<Block> {
+    let sql = format!("SELECT {BLOCK_COLUMNS} FROM blocks WHERE id = $1");
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(executor)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no block with id {id}")))?;
+    Block::from_row(&row, now)
+}
+
+/// Deactivates every active block that overlaps one of `networks`, with
+/// reason `allowlisted`: called when the allowlist grows.
+pub async fn deactivate_allowlisted(
+    tx: &mut Tx,
+    networks: &[Network],
+    actor: &str,
+    now: Timestamp,
+) -> Result<()> {
+    for network in networks {
+        let (start, end) = network.range();
+        let ids: Vec<i64> = sqlx::query(
+            "SELECT id FROM blocks \
+             WHERE deactivated_at IS NULL AND (expires_at IS NULL OR expires_at > $1) \
+               AND family = $2 AND range_start <= $3 AND range_end >= $4",
+        )
+        .bind(now.millis())
+        .bind(network.family())
+        .bind(range_key(end))
+        .bind(range_key(start))
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<i64, _>("id"))
+        .collect::<Result<_, _>>()?;
+        for id in ids {
+            deactivate_block(tx, now, id, actor, "allowlisted").await?;
+        }
+    }
+    Ok(())
+}
+
+/// Active blocks that match an address: its own `ip` block and every
+/// `cidr` block containing it.
+pub async fn matching_address_blocks<'e, E: Executor<'e, Database = Any>>(
+    executor: E,
+    address: std::net::IpAddr,
+    now: Timestamp,
+) -> Result<Vec<Block>> {
+    let network = Network::host(address);
+    let (point, _) = network.range();
+    let sql = format!(
+        "SELECT {BLOCK_COLUMNS} FROM blocks \
+         WHERE deactivated_at IS NULL AND (expires_at IS NULL OR expires_at > $1) \
+           AND family = $2 AND range_start <= $3 AND range_end >= $3 \
+         ORDER BY id DESC"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(now.millis())
+        .bind(network.family())
+        .bind(range_key(point))
+        .fetch_all(executor)
+        .await?;
+    rows.iter().map(|row| Block::from_row(row, now)).collect()
+}

@@ -1,0 +1,174 @@
+//! The one error type of the service and its RFC 9457 problem+json answer.
+//!
+//! Handlers return `Result<_, Error>`; this module alone decides each
+//! variant's status and body. Internal causes (database, I/O, bugs) are
+//! logged here with their cause and answered with a generic body, so a
+//! client never sees SQL, a path or a stack.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// One invalid input field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    /// Path of the field in the request, e.g. `auto_block.block_seconds` or `allowlist[2]`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything that can go wrong while serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("malformed request: {0}")]
+    BadRequest(String),
+    /// Missing or unknown credentials; the text says which credential is expected.
+    #[error("missing or unknown credentials")]
+    Unauthorized(&'static str),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    /// Well-formed but invalid input; `errors` names each offending field.
+    #[error("invalid input: {detail}")]
+    Invalid {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    #[error("not ready: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// A validation failure on a single field.
+    pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let error = FieldError::new(field, message);
+        Self::Invalid {
+            detail: format!("{}: {}", error.field, error.message),
+            errors: vec![error],
+        }
+    }
+
+    /// A validation failure listing several fields.
+    pub fn invalid_fields(errors: Vec<FieldError>) -> Self {
+        let detail = errors
+            .iter()
+            .map(|error| format!("{}: {}", error.field, error.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self::Invalid { detail, errors }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Database(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            Error::BadRequest(_) => "malformed-request",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::NotFound(_) => "not-found",
+            Error::Conflict(_) => "conflict",
+            Error::PayloadTooLarge => "payload-too-large",
+            Error::UnsupportedMediaType(_) => "unsupported-media-type",
+            Error::Invalid { .. } => "validation-failed",
+            Error::Unavailable(_) => "not-ready",
+            Error::Database(_) | Error::Internal(_) => "internal-error",
+        }
+    }
+
+    /// The `detail` a client may read: never an internal cause.
+    fn public_detail(&self) -> String {
+        match self {
+            Error::BadRequest(detail)
+            | Error::Forbidden(detail)
+            | Error::NotFound(detail)
+            | Error::Conflict(detail)
+            | Error::UnsupportedMediaType(detail)
+            | Error::Unavailable(detail) => detail.clone(),
+            Error::Invalid { detail, .. } => detail.clone(),
+            Error::Unauthorized(expected) => format!("missing or unknown credentials: {expected}"),
+            Error::PayloadTooLarge => "the request body exceeds the configured limit".to_string(),
+            Error::Database(_) | Error::Internal(_) => {
+                "the server failed to handle this request; it has been logged".to_string()
+            }
+        }
+    }
+}
+
+/// The RFC 9457 body every error answer carries.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(error = %self, "request failed inside the server");
+        }
+        let problem = Problem {
+            problem_type: format!("/problems/{}", self.slug()),
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
+            detail: self.public_detail(),
+            errors: match self {
+                Error::Invalid { errors, .. } => Some(errors),
+                _ => None,
+            },
+        };
+        problem_response(status, &problem)
+    }
+}
+
+/// Serialises a problem with its media type.
+pub fn problem_response(status: StatusCode, problem: &Problem) -> Response {
+    let body = serde_json::to_vec(problem).expect("a problem always serialises");
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

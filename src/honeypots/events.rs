@@ -1,0 +1,355 @@
+//! `/security/honeypot/events`: telemetry pushed by decoys, classified as it
+//! is stored, and listed with filters.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::key::AuthenticatedHoneypot;
+use crate::auth::{Capability, Principal, Secret};
+use crate::blocklist::entity::parse_ip;
+use crate::detection::{classify_event, ThreatLevel};
+use crate::error::{Error, Result};
+use crate::http::{ApiJson, ApiQuery, Page, PageRequest};
+use crate::server::AppState;
+use crate::storage::{self, query::Param, Filter, Tx};
+use crate::time::Timestamp;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(submit_event, list_events))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Connection,
+    AuthAttempt,
+    Exploitation,
+    Scan,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 4] = [
+        Self::Connection,
+        Self::AuthAttempt,
+        Self::Exploitation,
+        Self::Scan,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Connection => "connection",
+            EventType::AuthAttempt => "auth_attempt",
+            EventType::Exploitation => "exploitation",
+            EventType::Scan => "scan",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+}
+
+/// An event as a honeypot sends it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventSubmission {
+    event_type: EventType,
+    #[schema(example = "203.0.113.7")]
+    source_ip: String,
+    source_port: Option<u16>,
+    destination_port: Option<u16>,
+    protocol: Option<String>,
+    username: Option<String>,
+    #[schema(value_type = Option<String>)]
+    password: Option<SubmittedSecret>,
+    command: Option<String>,
+    session_id: Option<String>,
+    /// Anything else the honeypot knows. For `auth_attempt`, `"success": true`
+    /// marks a login the honeypot accepted.
+    #[schema(value_type = Option<Object>)]
+    payload: Option<Value>,
+    /// Defaults to the time of receipt. Must carry an offset.
+    occurred_at: Option<Timestamp>,
+}
+
+/// A password as typed by an attacker: kept out of logs like any secret.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+struct SubmittedSecret(#[serde(deserialize_with = "secret_from_string")] Secret);
+
+fn secret_from_string<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Secret, D::Error> {
+    String::deserialize(deserializer).map(Secret::new)
+}
+
+/// A validated event, ready to classify and store.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_type: EventType,
+    pub source_ip: String,
+    pub source_port: Option<u16>,
+    pub destination_port: Option<u16>,
+    pub protocol: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub command: Option<String>,
+    pub session_id: Option<String>,
+    pub payload: Option<Value>,
+    pub occurred_at: Timestamp,
+}
+
+impl NewEvent {
+    /// Whether the honeypot reports this login as accepted.
+    pub fn login_succeeded(&self) -> bool {
+        self.payload
+            .as_ref()
+            .and_then(|payload| payload.get("success"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+}
+
+impl EventSubmission {
+    fn into_new_event(self, now: Timestamp) -> Result<NewEvent> {
+        let source_ip = parse_ip(&self.source_ip)
+            .map_err(|message| Error::invalid_field("source_ip", message))?;
+        if self
+            .payload
+            .as_ref()
+            .is_some_and(|payload| !payload.is_object())
+        {
+            return Err(Error::invalid_field("payload", "must be a JSON object"));
+        }
+        Ok(NewEvent {
+            event_type: self.event_type,
+            source_ip: source_ip.to_string(),
+            source_port: self.source_port,
+            destination_port: self.destination_port,
+            protocol: self.protocol,
+            username: self.username,
+            password: self.password.map(|password| password.0),
+            command: self.command,
+            session_id: self.session_id,
+            payload: self.payload,
+            occurred_at: self.occurred_at.unwrap_or(now),
+        })
+    }
+}
+
+/// A stored, classified event.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HoneypotEvent {
+    pub id: i64,
+    pub honeypot_id: i64,
+    pub event_type: EventType,
+    pub source_ip: String,
+    pub source_port: Option<i64>,
+    pub destination_port: Option<i64>,
+    pub protocol: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub command: Option<String>,
+    pub session_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<Value>,
+    pub occurred_at: Timestamp,
+    pub received_at: Timestamp,
+    pub threat_level: ThreatLevel,
+    pub threat_tags: Vec<String>,
+    /// True once the detection engine has judged it.
+    pub is_processed: bool,
+}
+
+const EVENT_COLUMNS: &str = "id, honeypot_id, event_type, source_ip, source_port, \
+    destination_port, protocol, username, password, command, session_id, payload, \
+    occurred_at, received_at, threat_level, threat_tags, processed_at";
+
+impl HoneypotEvent {
+    fn from_row(row: &AnyRow) -> Result<Self> {
+        let event_type: String = row.try_get("event_type")?;
+        let threat_level: String = row.try_get("threat_level")?;
+        let processed_at: Option<i64> = row.try_get("processed_at")?;
+        Ok(HoneypotEvent {
+            id: row.try_get("id")?,
+            honeypot_id: row.try_get("honeypot_id")?,
+            event_type: EventType::parse(&event_type)
+                .ok_or_else(|| Error::Internal(format!("stored event type {event_type}")))?,
+            source_ip: row.try_get("source_ip")?,
+            source_port: row.try_get("source_port")?,
+            destination_port: row.try_get("destination_port")?,
+            protocol: row.try_get("protocol")?,
+            username: row.try_get("username")?,
+            password: row.try_get("password")?,
+            command: row.try_get("command")?,
+            session_id: row.try_get("session_id")?,
+            payload: storage::json_opt(row, "payload")?,
+            occurred_at: storage::timestamp(row, "occurred_at")?,
+            received_at: storage::timestamp(row, "received_at")?,
+            threat_level: ThreatLevel::parse(&threat_level)
+                .ok_or_else(|| Error::Internal(format!("stored threat level {threat_level}")))?,
+            threat_tags: storage::json(row, "threat_tags")?,
+            is_processed: processed_at.is_some(),
+        })
+    }
+}
+
+/// Stores one event from a honeypot, classified.
+#[utoipa::path(post, path = "/security/honeypot/events", tag = "honeypots",
+    request_body = EventSubmission,
+    responses((status = 201, body = HoneypotEvent), (status = 401), (status = 422)),
+    security(("honeypot_key" = [])))]
+async fn submit_event(
+    State(state): State<AppState>,
+    honeypot: AuthenticatedHoneypot,
+    ApiJson(submission): ApiJson<EventSubmission>,
+) -> Result<(StatusCode, Json<HoneypotEvent>)> {
+    let now = state.clock.now();
+    let event = submission.into_new_event(now)?;
+
+    let mut tx = state.db.begin().await?;
+    let stored = store_event(&mut tx, honeypot.id, now, &event).await?;
+    tx.commit().await?;
+
+    tracing::debug!(
+        honeypot.id = honeypot.id,
+        event.id = stored.id,
+        "event stored"
+    );
+    Ok((StatusCode::CREATED, Json(stored)))
+}
+
+/// Classifies and stores an event, and counts it on its instance.
+pub async fn store_event(
+    tx: &mut Tx,
+    honeypot_id: i64,
+    received_at: Timestamp,
+    event: &NewEvent,
+) -> Result<HoneypotEvent> {
+    let (threat_level, threat_tags) = classify_event(event);
+    let sql = format!(
+        "INSERT INTO honeypot_events (honeypot_id, event_type, source_ip, source_port, \
+             destination_port, protocol, username, password, command, session_id, payload, \
+             occurred_at, received_at, threat_level, threat_tags) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         RETURNING {EVENT_COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(honeypot_id)
+        .bind(event.event_type.as_str())
+        .bind(&event.source_ip)
+        .bind(event.source_port.map(i64::from))
+        .bind(event.destination_port.map(i64::from))
+        .bind(&event.protocol)
+        .bind(&event.username)
+        .bind(
+            event
+                .password
+                .as_ref()
+                .map(|password| password.expose().to_string()),
+        )
+        .bind(&event.command)
+        .bind(&event.session_id)
+        .bind(event.payload.as_ref().map(Value::to_string))
+        .bind(event.occurred_at.millis())
+        .bind(received_at.millis())
+        .bind(threat_level.as_str())
+        .bind(serde_json::to_string(&threat_tags).expect("tags serialise"))
+        .fetch_one(&mut **tx)
+        .await?;
+
+    sqlx::query(
+        "UPDATE honeypot_instances SET event_count = event_count + 1, \
+             last_seen_at = CASE WHEN last_seen_at IS NULL OR last_seen_at < $1 \
+                                 THEN $1 ELSE last_seen_at END \
+         WHERE id = $2",
+    )
+    .bind(received_at.millis())
+    .bind(honeypot_id)
+    .execute(&mut **tx)
+    .await?;
+    HoneypotEvent::from_row(&row)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventListQuery {
+    honeypot_id: Option<i64>,
+    event_type: Option<EventType>,
+    source_ip: Option<String>,
+    threat_level: Option<ThreatLevel>,
+    processed: Option<bool>,
+    /// Only events that occurred at or after this instant.
+    #[param(value_type = Option<String>, format = DateTime)]
+    since: Option<Timestamp>,
+    /// Only events that occurred before this instant.
+    #[param(value_type = Option<String>, format = DateTime)]
+    until: Option<Timestamp>,
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// Stored events, newest first.
+#[utoipa::path(get, path = "/security/honeypot/events", tag = "honeypots",
+    params(EventListQuery),
+    responses((status = 200, body = Page<HoneypotEvent>)), security(("bearer" = [])))]
+async fn list_events(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(query): ApiQuery<EventListQuery>,
+) -> Result<Json<Page<HoneypotEvent>>> {
+    principal.require(Capability::ReadSecurityState)?;
+    let page = PageRequest::parse(query.limit, query.cursor.as_deref())?;
+    let source_ip = query
+        .source_ip
+        .map(|text| {
+            parse_ip(&text)
+                .map(|ip| ip.to_string())
+                .map_err(Error::BadRequest)
+        })
+        .transpose()?;
+
+    let mut filter = Filter::new();
+    filter
+        .optional("honeypot_id = ?", query.honeypot_id.map(Param::from))
+        .optional(
+            "event_type = ?",
+            query.event_type.map(|kind| kind.as_str().into()),
+        )
+        .optional("source_ip = ?", source_ip.map(Param::from))
+        .optional(
+            "threat_level = ?",
+            query.threat_level.map(|level| level.as_str().into()),
+        )
+        .optional("occurred_at >= ?", query.since.map(|at| at.millis().into()))
+        .optional("occurred_at < ?", query.until.map(|at| at.millis().into()))
+        .optional("id < ?", page.before_id.map(Param::from));
+    match query.processed {
+        Some(true) => filter.raw("processed_at IS NOT NULL"),
+        Some(false) => filter.raw("processed_at IS NULL"),
+        None => &mut filter,
+    };
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM honeypot_events{} ORDER BY id DESC LIMIT {}",
+        filter.where_clause(),
+        filter.next_placeholder()
+    );
+    let rows = sqlx::query_with(&sql, filter.arguments(&[Param::Int(page.fetch_limit())]))
+        .fetch_all(state.db.reader())
+        .await?;
+
+    let events = rows
+        .iter()
+        .map(HoneypotEvent::from_row)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Json(Page::from_rows(events, page, |event| event.id)))
+}

@@ -1,0 +1,115 @@
+//! Extractors that answer bad input in the service's own error shape:
+//! malformed JSON or query → 400, well-formed but invalid → 422 naming the
+//! field, wrong media type → 415, too large → 413.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// A JSON request body, parsed into `T`.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+/// A JSON body that may be absent altogether (an empty body).
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self> {
+        let require_json = ensure_json_media_type(request.headers());
+        let bytes = read_body(request, state).await?;
+        require_json?;
+        Ok(ApiJson(parse_json(&bytes)?))
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self> {
+        let require_json = ensure_json_media_type(request.headers());
+        let bytes = read_body(request, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(None));
+        }
+        require_json?;
+        Ok(OptionalJson(Some(parse_json(&bytes)?)))
+    }
+}
+
+async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes> {
+    Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                Error::PayloadTooLarge
+            } else {
+                Error::BadRequest("the request body could not be read".to_string())
+            }
+        })
+}
+
+fn ensure_json_media_type(headers: &HeaderMap) -> Result<()> {
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| {
+            value
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    match media_type {
+        Some(kind) if kind == "application/json" || kind.ends_with("+json") => Ok(()),
+        Some(kind) => Err(Error::UnsupportedMediaType(format!(
+            "expected `application/json`, got `{kind}`"
+        ))),
+        None => Err(Error::UnsupportedMediaType(
+            "send the body with `Content-Type: application/json`".to_string(),
+        )),
+    }
+}
+
+/// Parses in two steps so that syntax errors (400) and shape errors (422)
+/// are told apart, and a shape error names the field it is about.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|error| Error::BadRequest(format!("malformed JSON: {error}")))?;
+    deserialize_value(value)
+}
+
+/// Reads a JSON value into `T`, answering 422 with the offending field's path.
+pub fn deserialize_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        Error::invalid_field(field, error.into_inner().to_string())
+    })
+}
+
+/// Query parameters, parsed into `T`; anything unparseable is 400.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self> {
+        let query = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(query)
+            .map(ApiQuery)
+            .map_err(|error| Error::BadRequest(format!("invalid query: {error}")))
+    }
+}

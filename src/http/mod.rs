@@ -1,0 +1,10 @@
+//! What every route shares: body and query extraction with problem+json
+//! rejections, pagination, and the one log line per request.
+
+mod extract;
+mod logging;
+mod page;
+
+pub use extract::{deserialize_value, parse_json, ApiJson, ApiQuery, OptionalJson};
+pub use logging::log_request;
+pub use page::{Page, PageRequest};

@@ -1,0 +1,146 @@
+//! Assembling the service: state, the route table, middleware, and serving
+//! with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::clock::Clock;
+use crate::config::ServeSettings;
+use crate::error::{Error, Result};
+use crate::storage::Db;
+use crate::{actions, audit, auth, blocklist, dashboard, honeypots, openapi, policy};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Every path of the API, in one place: each domain contributes its routes.
+pub fn router(state: AppState, settings: &ServeSettings) -> Router {
+    let (api, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(policy::router())
+        .merge(blocklist::router())
+        .merge(actions::router())
+        .merge(honeypots::router())
+        .merge(auth::tokens::router())
+        .merge(audit::router())
+        .merge(dashboard::router())
+        .split_for_parts();
+    let document = Arc::new(document);
+
+    api.route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route(
+            "/openapi.json",
+            get(move || std::future::ready(Json(document.as_ref().clone()))),
+        )
+        .fallback(|| async { Error::NotFound("no such path".to_string()) })
+        .method_not_allowed_fallback(|| async { method_not_allowed() })
+        .layer(axum::middleware::from_fn(crate::http::log_request))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(settings.request_timeout_seconds),
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            Error::Internal("a handler panicked".to_string()).into_response()
+        }))
+        .with_state(state)
+}
+
+fn method_not_allowed() -> Response {
+    let problem = crate::error::Problem {
+        problem_type: "/problems/method-not-allowed".to_string(),
+        title: "Method Not Allowed".to_string(),
+        status: 405,
+        detail: "this path does not answer that method".to_string(),
+        errors: None,
+    };
+    crate::error::problem_response(StatusCode::METHOD_NOT_ALLOWED, &problem)
+}
+
+/// The process is up.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// The database answers.
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>> {
+    if state.db.ping().await {
+        Ok(Json(serde_json::json!({"status": "ready"})))
+    } else {
+        Err(Error::Unavailable(
+            "the database does not answer".to_string(),
+        ))
+    }
+}
+
+/// A server running in the background; dropping the handle does not stop it.
+pub struct RunningServer {
+    pub address: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, finishes requests in flight, then returns.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+/// Connects, migrates, bootstraps, binds and serves in the background.
+pub async fn start(settings: &ServeSettings, clock: Arc<dyn Clock>) -> Result<RunningServer> {
+    let db = Db::connect(&settings.database.database_url).await?;
+    db.migrate().await?;
+    crate::bootstrap::prepare(&db, clock.now(), settings.admin_token.clone()).await?;
+
+    let listener = TcpListener::bind(&settings.listen).await.map_err(|error| {
+        Error::Internal(format!("cannot listen on {}: {error}", settings.listen))
+    })?;
+    let address = listener
+        .local_addr()
+        .map_err(|error| Error::Internal(error.to_string()))?;
+    let app = router(
+        AppState {
+            db: db.clone(),
+            clock,
+        },
+        settings,
+    );
+
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await;
+        db.close().await;
+        served
+    });
+    tracing::info!(%address, "valhalla is serving");
+    Ok(RunningServer {
+        address,
+        shutdown: Some(shutdown),
+        task,
+    })
+}

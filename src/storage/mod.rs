@@ -1,0 +1,232 @@
+//! The database: one body of SQL over SQLite (embedded default) and PostgreSQL.
+//!
+//! Queries go through sqlx's `Any` driver, so the domain modules write each
+//! statement once. They keep to the SQL both engines share: `$1` parameters,
+//! `RETURNING`, `ON CONFLICT`, integers, text and doubles. Instants are
+//! integer milliseconds since the epoch and documents are JSON text, which
+//! both engines store, compare and index the same way.
+
+mod migrations;
+pub mod query;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyQueryResult};
+use sqlx::{Any, AnyPool, Executor, Transaction};
+
+use crate::error::{Error, Result};
+
+pub use query::Filter;
+
+/// A transaction on whichever backend is configured.
+pub type Tx = Transaction<'static, Any>;
+
+/// Which database engine a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn from_url(url: &str) -> Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(Error::Internal(
+                "the database URL must start with sqlite: or postgres:".to_string(),
+            ))
+        }
+    }
+}
+
+/// Connection pools for reading and for writing.
+///
+/// SQLite allows one writer at a time; a writer pool of one connection turns
+/// contention into an orderly queue inside the process instead of
+/// `database is locked` errors. On PostgreSQL both pools are the same.
+#[derive(Debug, Clone)]
+pub struct Db {
+    reader: AnyPool,
+    writer: AnyPool,
+    backend: Backend,
+}
+
+impl Db {
+    /// Connects, creating a SQLite file if it does not exist yet.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)?;
+        let db = match backend {
+            Backend::Sqlite => {
+                let url = sqlite_url_creating_file(url);
+                let writer = sqlite_pool(1).connect(&url).await?;
+                let reader = sqlite_pool(4).connect(&url).await?;
+                Db {
+                    reader,
+                    writer,
+                    backend,
+                }
+            }
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await?;
+                Db {
+                    reader: pool.clone(),
+                    writer: pool,
+                    backend,
+                }
+            }
+        };
+        Ok(db)
+    }
+
+    /// Brings the schema up to date with this build's migrations.
+    pub async fn migrate(&self) -> Result<()> {
+        migrations::run(self).await
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool for statements that only read.
+    pub fn reader(&self) -> &AnyPool {
+        &self.reader
+    }
+
+    /// The pool for single statements that write outside a transaction.
+    pub fn writer(&self) -> &AnyPool {
+        &self.writer
+    }
+
+    /// Starts a transaction that may write.
+    pub async fn begin(&self) -> Result<Tx> {
+        Ok(self.writer.begin().await?)
+    }
+
+    /// Answers whether the database responds, for readiness checks.
+    pub async fn ping(&self) -> bool {
+        let probe = tokio::time::timeout(Duration::from_secs(2), self.reader.execute("SELECT 1"));
+        matches!(probe.await, Ok(Ok(_)))
+    }
+
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+fn sqlite_pool(connections: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(|connection, _| {
+            Box::pin(async move {
+                // WAL lets readers work beside the writer; the busy timeout
+                // covers other processes (e.g. `valhalla token create`).
+                connection
+                    .execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                    )
+                    .await?;
+                Ok(())
+            })
+        })
+}
+
+/// sqlx opens SQLite files read-write but does not create them unless asked.
+fn sqlite_url_creating_file(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+/// True when a statement failed on a unique constraint, on either engine.
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Database(database_error)
+            if database_error.kind() == sqlx::error::ErrorKind::UniqueViolation
+    )
+}
+
+/// Maps a unique-constraint failure to 409 with `detail`; other errors pass.
+pub fn conflict_on_duplicate(error: sqlx::Error, detail: impl FnOnce() -> String) -> Error {
+    if is_unique_violation(&error) {
+        Error::Conflict(detail())
+    } else {
+        Error::Database(error)
+    }
+}
+
+/// Fails with 404 unless a write touched a row.
+pub fn expect_row(result: AnyQueryResult, what: impl FnOnce() -> String) -> Result<()> {
+    if result.rows_affected() == 0 {
+        Err(Error::NotFound(what()))
+    } else {
+        Ok(())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = Error;
+    fn from_str(url: &str) -> Result<Self> {
+        Backend::from_url(url)
+    }
+}
+
+/// Reads a required instant column.
+pub fn timestamp(row: &sqlx::any::AnyRow, column: &str) -> Result<crate::time::Timestamp> {
+    use sqlx::Row;
+    let millis: i64 = row.try_get(column)?;
+    crate::time::Timestamp::from_millis(millis)
+        .ok_or_else(|| Error::Internal(format!("column {column} holds an out-of-range instant")))
+}
+
+/// Reads a nullable instant column.
+pub fn timestamp_opt(
+    row: &sqlx::any::AnyRow,
+    column: &str,
+) -> Result<Option<crate::time::Timestamp>> {
+    use sqlx::Row;
+    let millis: Option<i64> = row.try_get(column)?;
+    millis
+        .map(|millis| {
+            crate::time::Timestamp::from_millis(millis).ok_or_else(|| {
+                Error::Internal(format!("column {column} holds an out-of-range instant"))
+            })
+        })
+        .transpose()
+}
+
+/// Reads a nullable JSON text column.
+pub fn json_opt<T: serde::de::DeserializeOwned>(
+    row: &sqlx::any::AnyRow,
+    column: &str,
+) -> Result<Option<T>> {
+    use sqlx::Row;
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|text| {
+        serde_json::from_str(&text)
+            .map_err(|error| Error::Internal(format!("column {column} holds bad JSON: {error}")))
+    })
+    .transpose()
+}
+
+/// Reads a required JSON text column.
+pub fn json<T: serde::de::DeserializeOwned>(row: &sqlx::any::AnyRow, column: &str) -> Result<T> {
+    json_opt(row, column)?
+        .ok_or_else(|| Error::Internal(format!("column {column} is unexpectedly null")))
+}
