@@ -1,0 +1,19 @@
+//! Integration tests: the real server over HTTP on loopback, each test on
+//! SQLite and on PostgreSQL.
+
+// Not every test module uses every helper.
+#[allow(dead_code)]
+#[macro_use]
+mod support;
+
+mod actions;
+mod blocklist;
+mod cowrie_sample;
+mod errors;
+mod field_cases;
+mod honeypots;
+mod logs;
+mod pagination;
+mod policy;
+mod roles;
+mod tokens;
