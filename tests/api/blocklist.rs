@@ -1,6 +1,5 @@
 //! Tests for blocklist.
 
-use crate::support::*;
 use serde_json::json;
 
 backend_tests! {

@@ -79,7 +79,7 @@ async fn create_database(backend: Backend) -> (TestDatabase, String) {
                 "valhalla_test_{}_{}_{}",
                 std::process::id(),
                 DATABASE_COUNTER.fetch_add(1, Ordering::SeqCst),
-                Secret::generate("").expose()[..8].to_string()
+                &Secret::generate("").expose()[..8]
             );
             let admin_url = postgres_admin_url();
             let mut connection = AnyConnection::connect(&admin_url)
