@@ -94,7 +94,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
 pub struct RunningServer {
     pub address: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -128,14 +128,13 @@ pub async fn start(settings: &ServeSettings, clock: Arc<dyn Clock>) -> Result<Ru
     );
 
     let (shutdown, stopped) = oneshot::channel::<()>();
+    let header_read_timeout = Duration::from_secs(settings.request_timeout_seconds);
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await;
+        let stop = async move {
+            let _ = stopped.await;
+        };
+        crate::http::serve(listener, app, header_read_timeout, stop).await;
         db.close().await;
-        served
     });
     tracing::info!(%address, "valhalla is serving");
     Ok(RunningServer {

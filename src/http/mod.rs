@@ -4,7 +4,9 @@
 mod extract;
 mod logging;
 mod page;
+mod serve;
 
 pub use extract::{deserialize_value, parse_json, ApiJson, ApiQuery, OptionalJson};
 pub use logging::log_request;
 pub use page::{Page, PageRequest};
+pub use serve::serve;
