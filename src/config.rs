@@ -31,6 +31,10 @@ pub struct ServeSettings {
     #[arg(long, env = "VALHALLA_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Largest bulk event upload accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "VALHALLA_BULK_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub bulk_max_bytes: usize,
+
     /// Longest a request may take, reading its body included, in seconds.
     #[arg(long, env = "VALHALLA_REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
     pub request_timeout_seconds: u64,
@@ -49,6 +53,7 @@ impl ServeSettings {
                 database_url: database_url.to_string(),
             },
             max_body_bytes: 1024 * 1024,
+            bulk_max_bytes: 16 * 1024 * 1024,
             request_timeout_seconds: 30,
             admin_token: None,
         }
@@ -89,6 +94,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "VALHALLA_DATABASE_URL",
     "VALHALLA_LISTEN",
     "VALHALLA_MAX_BODY_BYTES",
+    "VALHALLA_BULK_MAX_BYTES",
     "VALHALLA_REQUEST_TIMEOUT_SECONDS",
     "VALHALLA_ADMIN_TOKEN",
     "VALHALLA_LOG_FORMAT",

@@ -1,7 +1,9 @@
 //! The OpenAPI document. Paths come from the route table itself (each
 //! handler's `#[utoipa::path]`), so the document cannot drift from the code.
 
+use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
 use crate::actions::{BlockEntityPayload, SetModePayload, UnblockEntityPayload};
@@ -32,5 +34,99 @@ impl Modify for SecuritySchemes {
             "honeypot_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-HONEYPOT-KEY"))),
         );
+    }
+}
+
+/// The media type of every error answer (RFC 9457).
+const PROBLEM_MEDIA_TYPE: &str = "application/problem+json";
+
+/// Documents the error answers of every operation as `application/problem+json`
+/// with the `Problem` schema. The statuses follow from the operation's shape,
+/// as the extractors and `Principal::require` produce them, so no handler
+/// has to list them: credentials give 401, a bearer token's role 403,
+/// parameters or a body 400, a path parameter 404, a body 413, 415 and 422.
+/// Error statuses a handler documents itself keep their description.
+pub fn with_problem_responses(mut document: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            add_problem_responses(operation);
+        }
+    }
+    document
+}
+
+fn add_problem_responses(operation: &mut Operation) {
+    let schemes = security_scheme_names(operation);
+    let parameters = operation.parameters.as_deref().unwrap_or_default();
+    let has_body = operation.request_body.is_some();
+    let mut statuses = Vec::new();
+    if !schemes.is_empty() {
+        statuses.push(401);
+    }
+    if schemes.iter().any(|scheme| scheme == "bearer") {
+        statuses.push(403);
+    }
+    if !parameters.is_empty() || has_body {
+        statuses.push(400);
+    }
+    if parameters
+        .iter()
+        .any(|parameter| parameter.parameter_in == ParameterIn::Path)
+    {
+        statuses.push(404);
+    }
+    if has_body {
+        statuses.extend([413, 415, 422]);
+    }
+
+    let responses = &mut operation.responses.responses;
+    for status in statuses {
+        responses
+            .entry(status.to_string())
+            .or_insert_with(|| RefOr::T(Response::new(problem_description(status))));
+    }
+    for (status, response) in responses.iter_mut() {
+        let is_error = status.starts_with('4') || status.starts_with('5');
+        if let (true, RefOr::T(response)) = (is_error, response) {
+            if response.content.is_empty() {
+                let schema = RefOr::Ref(Ref::from_schema_name("Problem"));
+                let content = Content::new(Some(schema));
+                response
+                    .content
+                    .insert(PROBLEM_MEDIA_TYPE.to_string(), content);
+            }
+        }
+    }
+}
+
+/// The names of the security schemes an operation accepts.
+fn security_scheme_names(operation: &Operation) -> Vec<String> {
+    operation
+        .security
+        .iter()
+        .flatten()
+        .filter_map(|requirement| serde_json::to_value(requirement).ok())
+        .filter_map(|requirement| requirement.as_object().cloned())
+        .flat_map(|requirement| requirement.into_iter().map(|(name, _)| name))
+        .collect()
+}
+
+fn problem_description(status: u16) -> &'static str {
+    match status {
+        400 => "malformed JSON, query or path",
+        401 => "missing or unknown credentials",
+        403 => "the token's role may not do this",
+        404 => "no such id",
+        413 => "the body exceeds the configured limit",
+        415 => "the body is not `application/json`",
+        422 => "well-formed but invalid; `errors` names each offending field",
+        _ => "error",
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -16,10 +16,12 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::clock::Clock;
 use crate::config::ServeSettings;
 use crate::error::{Error, Result};
+use crate::honeypots::EventWriter;
 use crate::storage::Db;
 use crate::{actions, audit, auth, blocklist, dashboard, honeypots, openapi, policy};
 
@@ -28,6 +30,8 @@ use crate::{actions, audit, auth, blocklist, dashboard, honeypots, openapi, poli
 pub struct AppState {
     pub db: Db,
     pub clock: Arc<dyn Clock>,
+    /// Where honeypot events are written, in shared transactions.
+    pub events: EventWriter,
 }
 
 /// Every path of the API, in one place: each domain contributes its routes.
@@ -36,19 +40,17 @@ pub fn router(state: AppState, settings: &ServeSettings) -> Router {
         .merge(policy::router())
         .merge(blocklist::router())
         .merge(actions::router())
-        .merge(honeypots::router())
+        .merge(honeypots::router(settings.bulk_max_bytes))
         .merge(auth::tokens::router())
         .merge(audit::router())
         .merge(dashboard::router())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(openapi_document))
         .split_for_parts();
-    let document = Arc::new(document);
+    let document = Arc::new(openapi::with_problem_responses(document));
 
-    api.route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route(
-            "/openapi.json",
-            get(move || std::future::ready(Json(document.as_ref().clone()))),
-        )
+    api.layer(Extension(document))
         .fallback(|| async { Error::NotFound("no such path".to_string()) })
         .method_not_allowed_fallback(|| async { method_not_allowed() })
         .layer(axum::middleware::from_fn(crate::http::log_request))
@@ -75,11 +77,15 @@ fn method_not_allowed() -> Response {
 }
 
 /// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "service",
+    responses((status = 200, description = "the process is up")))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
 /// The database answers.
+#[utoipa::path(get, path = "/readyz", tag = "service",
+    responses((status = 200, description = "the database answers"), (status = 503)))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>> {
     if state.db.ping().await {
         Ok(Json(serde_json::json!({"status": "ready"})))
@@ -88,6 +94,15 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
             "the database does not answer".to_string(),
         ))
     }
+}
+
+/// This document: generated from the route table, so it cannot drift.
+#[utoipa::path(get, path = "/openapi.json", tag = "service",
+    responses((status = 200, description = "the OpenAPI 3 document of this API")))]
+async fn openapi_document(
+    Extension(document): Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Json<utoipa::openapi::OpenApi> {
+    Json(document.as_ref().clone())
 }
 
 /// A server running in the background; dropping the handle does not stop it.
@@ -119,10 +134,12 @@ pub async fn start(settings: &ServeSettings, clock: Arc<dyn Clock>) -> Result<Ru
     let address = listener
         .local_addr()
         .map_err(|error| Error::Internal(error.to_string()))?;
+    let events = EventWriter::start(db.clone());
     let app = router(
         AppState {
             db: db.clone(),
             clock,
+            events,
         },
         settings,
     );

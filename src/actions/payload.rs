@@ -69,8 +69,10 @@ impl ActionPayload {
         now: Timestamp,
     ) -> Result<Self> {
         let parsed = match action_type {
-            ActionType::BlockEntity => parse_block(deserialize_value(payload)?, now),
-            ActionType::UnblockEntity => parse_unblock(deserialize_value(payload)?),
+            ActionType::BlockEntity => {
+                deserialize_value(payload).and_then(|payload| parse_block(payload, now))
+            }
+            ActionType::UnblockEntity => deserialize_value(payload).and_then(parse_unblock),
             ActionType::SetMode => {
                 deserialize_value::<SetModePayload>(payload).map(|p| ActionPayload::SetMode(p.mode))
             }

@@ -1,6 +1,6 @@
 //! `/security/actions/`: file, list, read and move action requests.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -15,7 +15,7 @@ use super::store::{self, NewActionRequest};
 use crate::auth::{Capability, Principal};
 use crate::blocklist::parse_reason;
 use crate::error::{Error, Result};
-use crate::http::{ApiJson, ApiQuery, Page, PageRequest};
+use crate::http::{ApiJson, ApiPath, ApiQuery, Page, PageRequest};
 use crate::policy::{load_policy, PolicySettings};
 use crate::server::AppState;
 use crate::storage::{query::Param, Filter};
@@ -176,7 +176,7 @@ async fn list_action_requests(
 async fn get_action_request(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<ActionRequest>> {
     principal.require(Capability::ReadSecurityState)?;
     Ok(Json(
@@ -206,7 +206,7 @@ pub struct TransitionBody {
 async fn transition_action_request(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<TransitionBody>,
 ) -> Result<Json<ActionRequest>> {
     principal.require(Capability::ResolveActions)?;

@@ -1,7 +1,7 @@
 //! API tokens: issued by admins (or the command line), shown once, stored
 //! as digests, revocable at once.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{digests_match, Capability, Principal, Role, Secret, BEARER_EXPECTED};
 use crate::audit::{self, Change};
 use crate::error::{Error, Result};
-use crate::http::ApiJson;
+use crate::http::{ApiJson, ApiPath};
 use crate::server::AppState;
 use crate::storage::{self, conflict_on_duplicate, Db};
 use crate::time::Timestamp;
@@ -255,7 +255,7 @@ async fn list_tokens(
 async fn revoke_token(
     State(state): State<AppState>,
     principal: Principal,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<TokenInfo>> {
     principal.require(Capability::ManageTokens)?;
     let token = list_token_infos(&state.db)

@@ -1,6 +1,6 @@
 //! `/security/policy/blocks`: create, list, deactivate and check blocks.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,7 @@ use super::store;
 use crate::actions::Source;
 use crate::auth::{Capability, Principal};
 use crate::error::{Error, Result};
-use crate::http::{ApiJson, ApiQuery, OptionalJson, Page, PageRequest};
+use crate::http::{ApiJson, ApiPath, ApiQuery, OptionalJson, Page, PageRequest};
 use crate::server::AppState;
 use crate::storage::{query::Param, Filter};
 use crate::time::Timestamp;
@@ -200,7 +200,7 @@ pub struct DeactivateRequest {
 async fn deactivate_block(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     OptionalJson(request): OptionalJson<DeactivateRequest>,
 ) -> Result<Json<Block>> {
     principal.require(Capability::ManageBlocks)?;

@@ -163,15 +163,24 @@ async fn extend_block(
         return Ok(BlockOutcome::Existing(existing));
     }
 
-    sqlx::query("UPDATE blocks SET expires_at = $1 WHERE id = $2")
+    // Conditional, so the expiry only ever moves later: of two concurrent
+    // extensions the longer one wins, whichever commits last.
+    let sql = format!(
+        "UPDATE blocks SET expires_at = $1 \
+         WHERE id = $2 AND expires_at IS NOT NULL AND ($1 IS NULL OR expires_at < $1) \
+         RETURNING {BLOCK_COLUMNS}"
+    );
+    let updated = sqlx::query(&sql)
         .bind(later.map(Timestamp::millis))
         .bind(existing.id)
-        .execute(&mut **tx)
+        .fetch_optional(&mut **tx)
         .await?;
-    let extended = Block {
-        expires_at: later,
-        ..existing.clone()
+    let Some(row) = updated else {
+        // Another transaction moved it at least as far meanwhile.
+        let current = find_block(&mut **tx, existing.id, now).await?;
+        return Ok(BlockOutcome::Existing(current));
     };
+    let extended = Block::from_row(&row, now)?;
     let change = Change {
         actor,
         kind: "block.extended",

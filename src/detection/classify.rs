@@ -63,6 +63,9 @@ const PAYLOAD_MARKERS: &[&str] = &[
 ];
 
 fn fetches_payload(event: &NewEvent) -> bool {
+    if event.payload_delivered {
+        return true;
+    }
     let Some(command) = event.command.as_deref() else {
         return false;
     };
@@ -73,7 +76,7 @@ fn fetches_payload(event: &NewEvent) -> bool {
 }
 
 fn logged_in(event: &NewEvent) -> bool {
-    event.event_type == EventType::AuthAttempt && event.login_succeeded()
+    event.event_type == EventType::AuthAttempt && event.login_succeeded
 }
 
 const RULES: &[Rule] = &[

@@ -12,13 +12,14 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::key::AuthenticatedHoneypot;
+use super::writer::PendingEvent;
 use crate::auth::{Capability, Principal, Secret};
 use crate::blocklist::entity::parse_ip;
-use crate::detection::{classify_event, ThreatLevel};
+use crate::detection::ThreatLevel;
 use crate::error::{Error, Result};
 use crate::http::{ApiJson, ApiQuery, Page, PageRequest};
 use crate::server::AppState;
-use crate::storage::{self, query::Param, Filter, Tx};
+use crate::storage::{self, query::Param, Filter};
 use crate::time::Timestamp;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -104,21 +105,16 @@ pub struct NewEvent {
     pub session_id: Option<String>,
     pub payload: Option<Value>,
     pub occurred_at: Timestamp,
-}
-
-impl NewEvent {
-    /// Whether the honeypot reports this login as accepted.
-    pub fn login_succeeded(&self) -> bool {
-        self.payload
-            .as_ref()
-            .and_then(|payload| payload.get("success"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-    }
+    /// The honeypot accepted this login (the attacker got in).
+    pub login_succeeded: bool,
+    /// The attacker uploaded or downloaded a file (a payload delivery).
+    pub payload_delivered: bool,
 }
 
 impl EventSubmission {
-    fn into_new_event(self, now: Timestamp) -> Result<NewEvent> {
+    /// Validates a submission; in Valhalla's format `payload.success: true`
+    /// marks an accepted login.
+    pub(crate) fn into_new_event(self, now: Timestamp) -> Result<NewEvent> {
         let source_ip = parse_ip(&self.source_ip)
             .map_err(|message| Error::invalid_field("source_ip", message))?;
         if self
@@ -128,6 +124,12 @@ impl EventSubmission {
         {
             return Err(Error::invalid_field("payload", "must be a JSON object"));
         }
+        let login_succeeded = self
+            .payload
+            .as_ref()
+            .and_then(|payload| payload.get("success"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         Ok(NewEvent {
             event_type: self.event_type,
             source_ip: source_ip.to_string(),
@@ -140,6 +142,8 @@ impl EventSubmission {
             session_id: self.session_id,
             payload: self.payload,
             occurred_at: self.occurred_at.unwrap_or(now),
+            login_succeeded,
+            payload_delivered: false,
         })
     }
 }
@@ -168,12 +172,12 @@ pub struct HoneypotEvent {
     pub is_processed: bool,
 }
 
-const EVENT_COLUMNS: &str = "id, honeypot_id, event_type, source_ip, source_port, \
+pub(crate) const EVENT_COLUMNS: &str = "id, honeypot_id, event_type, source_ip, source_port, \
     destination_port, protocol, username, password, command, session_id, payload, \
     occurred_at, received_at, threat_level, threat_tags, processed_at";
 
 impl HoneypotEvent {
-    fn from_row(row: &AnyRow) -> Result<Self> {
+    pub(crate) fn from_row(row: &AnyRow) -> Result<Self> {
         let event_type: String = row.try_get("event_type")?;
         let threat_level: String = row.try_get("threat_level")?;
         let processed_at: Option<i64> = row.try_get("processed_at")?;
@@ -214,9 +218,16 @@ async fn submit_event(
     let now = state.clock.now();
     let event = submission.into_new_event(now)?;
 
-    let mut tx = state.db.begin().await?;
-    let stored = store_event(&mut tx, honeypot.id, now, &event).await?;
-    tx.commit().await?;
+    let pending = PendingEvent::new(event, None);
+    let written = state
+        .events
+        .write(honeypot.id, now, vec![pending], true)
+        .await?;
+    let stored = written
+        .rows
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Internal("the stored event was not returned".to_string()))?;
 
     tracing::debug!(
         honeypot.id = honeypot.id,
@@ -224,58 +235,6 @@ async fn submit_event(
         "event stored"
     );
     Ok((StatusCode::CREATED, Json(stored)))
-}
-
-/// Classifies and stores an event, and counts it on its instance.
-pub async fn store_event(
-    tx: &mut Tx,
-    honeypot_id: i64,
-    received_at: Timestamp,
-    event: &NewEvent,
-) -> Result<HoneypotEvent> {
-    let (threat_level, threat_tags) = classify_event(event);
-    let sql = format!(
-        "INSERT INTO honeypot_events (honeypot_id, event_type, source_ip, source_port, \
-             destination_port, protocol, username, password, command, session_id, payload, \
-             occurred_at, received_at, threat_level, threat_tags) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-         RETURNING {EVENT_COLUMNS}"
-    );
-    let row = sqlx::query(&sql)
-        .bind(honeypot_id)
-        .bind(event.event_type.as_str())
-        .bind(&event.source_ip)
-        .bind(event.source_port.map(i64::from))
-        .bind(event.destination_port.map(i64::from))
-        .bind(&event.protocol)
-        .bind(&event.username)
-        .bind(
-            event
-                .password
-                .as_ref()
-                .map(|password| password.expose().to_string()),
-        )
-        .bind(&event.command)
-        .bind(&event.session_id)
-        .bind(event.payload.as_ref().map(Value::to_string))
-        .bind(event.occurred_at.millis())
-        .bind(received_at.millis())
-        .bind(threat_level.as_str())
-        .bind(serde_json::to_string(&threat_tags).expect("tags serialise"))
-        .fetch_one(&mut **tx)
-        .await?;
-
-    sqlx::query(
-        "UPDATE honeypot_instances SET event_count = event_count + 1, \
-             last_seen_at = CASE WHEN last_seen_at IS NULL OR last_seen_at < $1 \
-                                 THEN $1 ELSE last_seen_at END \
-         WHERE id = $2",
-    )
-    .bind(received_at.millis())
-    .bind(honeypot_id)
-    .execute(&mut **tx)
-    .await?;
-    HoneypotEvent::from_row(&row)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -1,7 +1,7 @@
 //! `/security/honeypot/instances`: register, list, deactivate decoys and
 //! rotate their keys.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::audit::{self, Change};
 use crate::auth::{Capability, Principal, Secret};
 use crate::error::{Error, FieldError, Result};
-use crate::http::{ApiJson, ApiQuery, Page, PageRequest};
+use crate::http::{ApiJson, ApiPath, ApiQuery, Page, PageRequest};
 use crate::server::AppState;
 use crate::storage::{self, conflict_on_duplicate, query::Param, Filter, Tx};
 use crate::time::Timestamp;
@@ -210,7 +210,11 @@ async fn insert_instance(
              (name, honeypot_type, location, latitude, longitude, description, key_hash, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {INSTANCE_COLUMNS}"
     );
+    // Not a cached statement: sqlx 0.8's Any driver declares a NULL `f64`
+    // as a `real` on PostgreSQL, and a statement first prepared with absent
+    // coordinates would then refuse present ones (a 500 for valid input).
     let row = sqlx::query(&sql)
+        .persistent(false)
         .bind(&request.name)
         .bind(request.honeypot_type.as_str())
         .bind(&request.location)
@@ -303,7 +307,7 @@ async fn list_honeypots(
 async fn deactivate_honeypot(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<HoneypotInstance>> {
     principal.require(Capability::ManageHoneypots)?;
     let now = state.clock.now();
@@ -349,7 +353,7 @@ async fn deactivate_honeypot(
 async fn rotate_honeypot_key(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<HoneypotWithKey>> {
     principal.require(Capability::ManageHoneypots)?;
     let now = state.clock.now();

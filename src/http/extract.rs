@@ -3,7 +3,7 @@
 //! field, wrong media type → 415, too large → 413.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use serde::de::DeserializeOwned;
@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
-/// A JSON body that may be absent altogether (an empty body).
+/// A JSON body that may be absent altogether: an empty body or a JSON `null`.
 #[derive(Debug)]
 pub struct OptionalJson<T>(pub Option<T>);
 
@@ -39,11 +39,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
             return Ok(OptionalJson(None));
         }
         require_json?;
-        Ok(OptionalJson(Some(parse_json(&bytes)?)))
+        Ok(OptionalJson(parse_json::<Option<T>>(&bytes)?))
     }
 }
 
-async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes> {
+/// Reads the whole body, answering 413 past the route's limit.
+pub async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes> {
     Bytes::from_request(request, state)
         .await
         .map_err(|rejection| {
@@ -111,5 +112,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         serde_urlencoded::from_str(query)
             .map(ApiQuery)
             .map_err(|error| Error::BadRequest(format!("invalid query: {error}")))
+    }
+}
+
+/// Path parameters, parsed into `T`; a segment that does not parse (an id
+/// that is not a 64-bit integer, bytes that are not UTF-8) is 400.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| ApiPath(value))
+            .map_err(|rejection| {
+                // Only a route whose template lacks the parameter gets here
+                // with a server error: a bug, not bad input.
+                if rejection.status().is_server_error() {
+                    Error::Internal(rejection.body_text())
+                } else {
+                    Error::BadRequest(format!("invalid path: {}", rejection.body_text()))
+                }
+            })
     }
 }

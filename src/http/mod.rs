@@ -6,7 +6,9 @@ mod logging;
 mod page;
 mod serve;
 
-pub use extract::{deserialize_value, parse_json, ApiJson, ApiQuery, OptionalJson};
+pub use extract::{
+    deserialize_value, parse_json, read_body, ApiJson, ApiPath, ApiQuery, OptionalJson,
+};
 pub use logging::log_request;
 pub use page::{Page, PageRequest};
 pub use serve::serve;

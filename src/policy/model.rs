@@ -92,8 +92,12 @@ impl AutoApprove {
 }
 
 /// The writable part of the policy.
+///
+/// Unknown top-level fields are refused before this is parsed (the store
+/// checks them against its writable fields), so it does not deny them
+/// itself: with `deny_unknown_fields` its schema would forbid the version
+/// fields that `Policy` flattens in beside it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct PolicySettings {
     pub mode: Mode,
     pub auto_escalation_enabled: bool,

@@ -13,12 +13,20 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sqlite: include_str!("../../migrations/sqlite/0001_initial.sql"),
-    postgres: include_str!("../../migrations/postgres/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sqlite: include_str!("../../migrations/sqlite/0001_initial.sql"),
+        postgres: include_str!("../../migrations/postgres/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "event_fingerprints",
+        sqlite: include_str!("../../migrations/sqlite/0002_event_fingerprints.sql"),
+        postgres: include_str!("../../migrations/postgres/0002_event_fingerprints.sql"),
+    },
+];
 
 /// Any number larger than zero that other applications are unlikely to use
 /// for `pg_advisory_lock`: it serialises replicas migrating at once.
