@@ -1,1 +1,138 @@
-//! Tests for tokens.
+//! Tests for tokens: issued once, listed without secrets, revoked at once.
+
+use serde_json::{json, Value};
+
+use crate::support::Reply;
+
+const TOKENS: &str = "/security/tokens";
+
+/// The listed token called `name`, if it is listed.
+fn listed(list: &Reply, name: &str) -> Option<Value> {
+    list.items().into_iter().find(|token| token["name"] == name)
+}
+
+backend_tests! {
+    async fn creating_a_token_shows_it_once_and_the_list_never_shows_a_token(app: TestApp) {
+        let created = app
+            .admin_post(TOKENS, json!({"name": "heimdall-sensor-1", "role": "detector"}))
+            .await
+            .expect(201);
+        let token = created.body["token"].as_str().expect("a token").to_string();
+        assert!(token.len() >= 32, "a token carries at least 128 bits: {token}");
+        assert_eq!(
+            created.body,
+            json!({"name": "heimdall-sensor-1", "role": "detector",
+                   "created_at": app.now().to_string(), "token": token})
+        );
+
+        let list = app.admin_get(TOKENS).await.expect(200);
+        assert_eq!(list.body["next_cursor"], Value::Null);
+        let names: Vec<Value> = list.items().iter().map(|token| token["name"].clone()).collect();
+        assert_eq!(names, ["heimdall-sensor-1", "admin"], "newest first");
+        for item in list.items() {
+            let mut keys: Vec<&String> = item.as_object().unwrap().keys().collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["created_at", "last_used_at", "name", "role"], "{item}");
+        }
+        assert!(!list.text.contains(&token), "the new token leaked: {}", list.text);
+        assert!(!list.text.contains(&app.admin_token), "the admin token leaked: {}", list.text);
+
+        let viewer = app.get("/security/dashboard", &token).await;
+        viewer.expect(200);
+    }
+
+    async fn a_second_token_with_the_same_name_is_a_conflict(app: TestApp) {
+        let first = app.token("grafana", "viewer").await;
+
+        let again = app
+            .admin_post(TOKENS, json!({"name": "grafana", "role": "admin"}))
+            .await
+            .expect_problem(409);
+        assert!(!again.text.contains("token\":"), "{}", again.text);
+
+        let list = app.admin_get(TOKENS).await.expect(200);
+        assert_eq!(listed(&list, "grafana").unwrap()["role"], "viewer");
+        app.get("/security/dashboard", &first).await.expect(200);
+        app.post("/security/policy/blocks", &first, json!({"entity_type": "ip",
+                  "value": "203.0.113.7", "reason": "still a viewer"}))
+            .await
+            .expect_problem(403);
+    }
+
+    async fn an_unknown_role_or_a_bad_name_is_invalid(app: TestApp) {
+        let cases = [
+            (json!({"name": "root", "role": "superuser"}), "role"),
+            (json!({"name": "root", "role": "Admin"}), "role"),
+            (json!({"name": "", "role": "viewer"}), "name"),
+            (json!({"name": "has space", "role": "viewer"}), "name"),
+        ];
+        for (body, field) in cases {
+            let refused = app.admin_post(TOKENS, body.clone()).await.expect_problem(422);
+            assert_eq!(refused.body["errors"][0]["field"], field, "{body}: {}", refused.text);
+        }
+        let missing = app.admin_post(TOKENS, json!({"name": "root"})).await.expect_problem(422);
+        assert!(missing.body["errors"][0]["message"].as_str().unwrap().contains("role"));
+
+        let list = app.admin_get(TOKENS).await.expect(200);
+        assert_eq!(list.items().len(), 1, "only the admin token: {}", list.text);
+    }
+
+    async fn a_revoked_token_stops_working_at_once(app: TestApp) {
+        let token = app.token("ci-runner", "analyst").await;
+        app.get("/security/dashboard", &token).await.expect(200);
+
+        let revoked = app
+            .admin_post(&format!("{TOKENS}/ci-runner/revoke"), json!({}))
+            .await
+            .expect(200);
+        assert_eq!(revoked.body["name"], "ci-runner");
+        assert_eq!(revoked.body["role"], "analyst");
+        assert!(revoked.body.get("token").is_none(), "{}", revoked.text);
+
+        app.get("/security/dashboard", &token).await.expect_problem(401);
+        app.post("/security/policy/blocks", &token, json!({"entity_type": "ip",
+                  "value": "203.0.113.7", "reason": "revoked"}))
+            .await
+            .expect_problem(401);
+        let list = app.admin_get(TOKENS).await.expect(200);
+        assert!(listed(&list, "ci-runner").is_none(), "{}", list.text);
+
+        app.admin_post(&format!("{TOKENS}/ci-runner/revoke"), json!({}))
+            .await
+            .expect_problem(404);
+        app.admin_post(&format!("{TOKENS}/nobody/revoke"), json!({}))
+            .await
+            .expect_problem(404);
+    }
+
+    async fn only_an_admin_manages_tokens(app: TestApp) {
+        let owner = app.token("owner", "policy_owner").await;
+        app.post(TOKENS, &owner, json!({"name": "sneaky", "role": "admin"}))
+            .await
+            .expect_problem(403);
+        app.get(TOKENS, &owner).await.expect_problem(403);
+        app.post(&format!("{TOKENS}/admin/revoke"), &owner, json!({}))
+            .await
+            .expect_problem(403);
+        app.admin_get("/security/dashboard").await.expect(200);
+    }
+
+    async fn last_used_at_is_set_when_a_token_is_used(app: TestApp) {
+        let token = app.token("grafana", "viewer").await;
+        let list = app.admin_get(TOKENS).await.expect(200);
+        assert_eq!(listed(&list, "grafana").unwrap()["last_used_at"], Value::Null);
+
+        app.clock.advance_seconds(30);
+        let first_use = app.now().to_string();
+        app.get("/security/dashboard", &token).await.expect(200);
+        let list = app.admin_get(TOKENS).await.expect(200);
+        assert_eq!(listed(&list, "grafana").unwrap()["last_used_at"], first_use.as_str());
+
+        app.clock.advance_seconds(3600);
+        let later_use = app.now().to_string();
+        app.get("/security/policy/", &token).await.expect(200);
+        let list = app.admin_get(TOKENS).await.expect(200);
+        assert_eq!(listed(&list, "grafana").unwrap()["last_used_at"], later_use.as_str());
+        assert_eq!(listed(&list, "admin").unwrap()["last_used_at"], later_use.as_str());
+    }
+}
