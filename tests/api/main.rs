@@ -12,6 +12,7 @@ mod cowrie_sample;
 mod errors;
 mod field_cases;
 mod honeypots;
+mod ingest;
 mod logs;
 mod pagination;
 mod policy;

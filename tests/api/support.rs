@@ -180,6 +180,7 @@ impl TestApp {
         let mut settings = ServeSettings::for_database(&database_url, "127.0.0.1:0");
         settings.admin_token = Some(admin_token.clone());
         settings.max_body_bytes = 64 * 1024;
+        settings.bulk_max_bytes = 256 * 1024;
         let clock = ManualClock::starting_at(now_rounded());
         let server = valhalla::server::start(&settings, Arc::new(clock.clone()))
             .await
@@ -315,6 +316,17 @@ impl TestApp {
             .post(format!("{}/security/honeypot/events", self.base_url))
             .header("X-HONEYPOT-KEY", key)
             .json(&event);
+        into_reply(request.send().await.expect("the server answers")).await
+    }
+
+    /// Posts a bulk body with a honeypot key; `format` goes in the query.
+    pub async fn post_bulk(&self, key: &str, format: &str, body: impl Into<Vec<u8>>) -> Reply {
+        let request = self
+            .http
+            .post(format!("{}/security/honeypot/events/bulk?format={format}", self.base_url))
+            .header("X-HONEYPOT-KEY", key)
+            .header(CONTENT_TYPE, "application/x-ndjson")
+            .body(body.into());
         into_reply(request.send().await.expect("the server answers")).await
     }
 
