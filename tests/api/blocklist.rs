@@ -498,6 +498,30 @@ backend_tests! {
         assert_eq!(check_entity(&app, "user", "trudy").await, not_blocked);
     }
 
+    async fn addresses_and_networks_can_be_checked_by_entity_type_and_value(app: TestApp) {
+        let address = app.block("ip", "198.51.100.40", json!({})).await.expect(201);
+        let network = app.block("cidr", "198.51.100.0/24", json!({})).await.expect(201);
+
+        let check = check_entity(&app, "ip", "::ffff:198.51.100.40").await;
+        assert_eq!(check["blocked"], true, "{check}");
+        let mut matched = ids(check["matches"].as_array().expect("matches"));
+        matched.sort_unstable();
+        assert_eq!(matched, vec![address.id(), network.id()]);
+
+        let check = check_entity(&app, "cidr", "::ffff:198.51.100.0/120").await;
+        assert_eq!(check, json!({"blocked": true, "matches": [network.body]}));
+    }
+
+    async fn shrinking_the_allowlist_lets_its_addresses_be_blocked(app: TestApp) {
+        app.block("ip", "127.0.0.1", json!({})).await.expect_problem(409);
+
+        app.update_policy(json!({"allowlist": ["::1/128"]})).await.expect(200);
+
+        let created = app.block("ip", "127.0.0.1", json!({})).await.expect(201);
+        assert_eq!(matched_ids(&app, "127.0.0.1").await, vec![created.id()]);
+        app.block("ip", "::1", json!({})).await.expect_problem(409);
+    }
+
     async fn deactivating_a_block_records_who_and_why(app: TestApp) {
         let analyst = app.token("analyst-1", "analyst").await;
         let created = app.block("ip", "203.0.113.50", json!({})).await.expect(201);
