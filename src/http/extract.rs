@@ -84,7 +84,42 @@ fn ensure_json_media_type(headers: &HeaderMap) -> Result<()> {
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|error| Error::BadRequest(format!("malformed JSON: {error}")))?;
+    if let Some(path) = path_of_nul(&value) {
+        let field = if path.is_empty() { "body".to_string() } else { path };
+        return Err(Error::invalid_field(field, NUL_REFUSED));
+    }
     deserialize_value(value)
+}
+
+/// PostgreSQL cannot store U+0000 in text; both backends refuse it at the
+/// edge, the same way, instead of one of them failing inside.
+const NUL_REFUSED: &str = "must not contain NUL (U+0000) characters";
+
+/// The path (`a.b[2]`) of the first string or key holding U+0000, if any.
+fn path_of_nul(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    let join = |head: &str, rest: String| {
+        if rest.is_empty() || rest.starts_with('[') {
+            format!("{head}{rest}")
+        } else {
+            format!("{head}.{rest}")
+        }
+    };
+    match value {
+        Value::String(text) => text.contains('\0').then(String::new),
+        Value::Array(items) => items.iter().enumerate().find_map(|(index, item)| {
+            path_of_nul(item).map(|rest| join(&format!("[{index}]"), rest))
+        }),
+        Value::Object(members) => members.iter().find_map(|(key, member)| {
+            let inner = if key.contains('\0') {
+                Some(String::new())
+            } else {
+                path_of_nul(member)
+            };
+            inner.map(|rest| join(key, rest))
+        }),
+        _ => None,
+    }
 }
 
 /// Reads a JSON value into `T`, answering 422 with the offending field's path.
@@ -109,6 +144,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self> {
         let query = parts.uri.query().unwrap_or("");
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+            .map_err(|error| Error::BadRequest(format!("invalid query: {error}")))?;
+        if let Some((name, _)) = pairs
+            .iter()
+            .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+        {
+            return Err(Error::BadRequest(format!("query `{name}` {NUL_REFUSED}")));
+        }
         serde_urlencoded::from_str(query)
             .map(ApiQuery)
             .map_err(|error| Error::BadRequest(format!("invalid query: {error}")))

@@ -167,7 +167,12 @@ backend_tests! {
             };
             let stored = app.post_event(&key, event.clone()).await.expect(201);
             let timestamp = record["timestamp"].as_str().unwrap();
-            assert_eq!(stored.body["occurred_at"], as_stored(timestamp), "{}", stored.text);
+            assert_eq!(
+                stored.body["occurred_at"],
+                as_stored(timestamp),
+                "{}",
+                stored.text
+            );
             assert_eq!(stored.body["source_ip"], record["src_ip"]);
             assert_eq!(stored.body["session_id"], record["session"]);
             assert_eq!(stored.body["payload"], event["payload"]);
@@ -193,16 +198,26 @@ backend_tests! {
         }
 
         // Ground truth from PROVENANCE.md, independent of the mapping above.
-        assert_eq!(count_listed(&app, "198.51.100.23", "auth_attempt").await, 30);
+        assert_eq!(
+            count_listed(&app, "198.51.100.23", "auth_attempt").await,
+            30
+        );
         assert_eq!(count_listed(&app, "198.51.100.23", "connection").await, 10);
         assert_eq!(count_listed(&app, "198.51.100.23", "exploitation").await, 0);
         let guesses = list_all(&app, "source_ip=198.51.100.23&threat_level=low").await;
-        assert_eq!(guesses.len(), 30, "30 failed guesses, each a low brute-force step");
+        assert_eq!(
+            guesses.len(),
+            30,
+            "30 failed guesses, each a low brute-force step"
+        );
 
         let b = list_all(&app, "source_ip=203.0.113.77").await;
-        let accepted: Vec<&Value> =
-            b.iter().filter(|event| event["threat_level"] == "high"
-                && event["event_type"] == "auth_attempt").collect();
+        let accepted: Vec<&Value> = b
+            .iter()
+            .filter(|event| {
+                event["threat_level"] == "high" && event["event_type"] == "auth_attempt"
+            })
+            .collect();
         assert_eq!(accepted.len(), 1, "root/admin accepted once");
         assert_eq!(accepted[0]["username"], "root");
         assert_eq!(accepted[0]["password"], "admin");
@@ -213,7 +228,11 @@ backend_tests! {
         }
         let fetch = b
             .iter()
-            .find(|event| event["command"].as_str().is_some_and(|c| c.starts_with("wget ")))
+            .find(|event| {
+                event["command"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("wget "))
+            })
             .expect("B's wget of a script");
         assert_eq!(fetch["threat_level"], "critical");
 
@@ -224,13 +243,18 @@ backend_tests! {
 
         let d = list_all(&app, "source_ip=198.51.100.204").await;
         assert!(d.iter().any(|event| event["protocol"] == "telnet"));
-        assert!(commands(&d).iter().any(|command| command.starts_with("/bin/busybox")));
+        assert!(commands(&d)
+            .iter()
+            .any(|command| command.starts_with("/bin/busybox")));
         let upload = d
             .iter()
             .find(|event| event["payload"]["eventid"] == "cowrie.session.file_upload")
             .expect("D's SFTP upload");
         assert_eq!(upload["event_type"], "exploitation");
-        assert_eq!(count_listed(&app, "198.51.100.204", "auth_attempt").await, 4);
+        assert_eq!(
+            count_listed(&app, "198.51.100.204", "auth_attempt").await,
+            4
+        );
 
         let dashboard = app.admin_get("/security/dashboard").await.expect(200);
         let honeypots = &dashboard.body["honeypots"];
@@ -243,7 +267,12 @@ backend_tests! {
         );
         let by_type_json: Map<String, Value> = EVENT_TYPES
             .iter()
-            .map(|kind| (kind.to_string(), json!(by_type.get(*kind).copied().unwrap_or(0))))
+            .map(|kind| {
+                (
+                    kind.to_string(),
+                    json!(by_type.get(*kind).copied().unwrap_or(0)),
+                )
+            })
             .collect();
         assert_eq!(honeypots["events_by_type_24h"], Value::Object(by_type_json));
 
@@ -259,7 +288,10 @@ backend_tests! {
             json!({"source_ip": "198.51.100.23", "events": 40})
         );
 
-        let instances = app.admin_get("/security/honeypot/instances").await.expect(200);
+        let instances = app
+            .admin_get("/security/honeypot/instances")
+            .await
+            .expect(200);
         assert_eq!(instances.items()[0]["id"], honeypot_id);
         assert_eq!(instances.items()[0]["event_count"], posted);
 

@@ -60,7 +60,10 @@ backend_tests! {
             )
             .await
             .expect(201);
-        let key = registered.body["api_key"].as_str().expect("a key").to_string();
+        let key = registered.body["api_key"]
+            .as_str()
+            .expect("a key")
+            .to_string();
         assert!(key.len() >= 32, "a key carries at least 128 bits: {key}");
         assert_eq!(
             registered.body,
@@ -74,7 +77,10 @@ backend_tests! {
         );
 
         let list = app.admin_get(INSTANCES).await.expect(200);
-        assert_eq!(list.body, json!({"items": [without_key(&registered)], "next_cursor": null}));
+        assert_eq!(
+            list.body,
+            json!({"items": [without_key(&registered)], "next_cursor": null})
+        );
         assert!(!list.text.contains(&key), "the key leaked: {}", list.text);
         assert!(!list.text.contains("api_key"), "{}", list.text);
     }
@@ -83,10 +89,20 @@ backend_tests! {
         app.honeypot("fra-ssh-01", "ssh").await;
 
         let again = app
-            .admin_post(INSTANCES, json!({"name": "fra-ssh-01", "honeypot_type": "web"}))
+            .admin_post(
+                INSTANCES,
+                json!({"name": "fra-ssh-01", "honeypot_type": "web"}),
+            )
             .await
             .expect_problem(409);
-        assert!(again.body["detail"].as_str().unwrap().contains("fra-ssh-01"), "{}", again.text);
+        assert!(
+            again.body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("fra-ssh-01"),
+            "{}",
+            again.text
+        );
 
         let list = app.admin_get(INSTANCES).await.expect(200);
         assert_eq!(list.items().len(), 1, "{}", list.text);
@@ -94,22 +110,47 @@ backend_tests! {
 
     async fn an_unknown_honeypot_type_or_an_impossible_position_is_invalid(app: TestApp) {
         let cases = [
-            (json!({"name": "a", "honeypot_type": "smtp"}), "honeypot_type"),
-            (json!({"name": "b", "honeypot_type": "ssh", "latitude": 91}), "latitude"),
-            (json!({"name": "c", "honeypot_type": "ssh", "latitude": -90.5}), "latitude"),
-            (json!({"name": "d", "honeypot_type": "ssh", "longitude": 180.01}), "longitude"),
+            (
+                json!({"name": "a", "honeypot_type": "smtp"}),
+                "honeypot_type",
+            ),
+            (
+                json!({"name": "b", "honeypot_type": "ssh", "latitude": 91}),
+                "latitude",
+            ),
+            (
+                json!({"name": "c", "honeypot_type": "ssh", "latitude": -90.5}),
+                "latitude",
+            ),
+            (
+                json!({"name": "d", "honeypot_type": "ssh", "longitude": 180.01}),
+                "longitude",
+            ),
             (json!({"name": "", "honeypot_type": "ssh"}), "name"),
         ];
         for (body, field) in cases {
-            let refused = app.admin_post(INSTANCES, body.clone()).await.expect_problem(422);
-            assert_eq!(first_invalid_field(&refused), field, "{body}: {}", refused.text);
+            let refused = app
+                .admin_post(INSTANCES, body.clone())
+                .await
+                .expect_problem(422);
+            assert_eq!(
+                first_invalid_field(&refused),
+                field,
+                "{body}: {}",
+                refused.text
+            );
         }
 
         let edge =
             json!({"name": "pole", "honeypot_type": "custom", "latitude": 90, "longitude": -180});
         app.admin_post(INSTANCES, edge).await.expect(201);
         let list = app.admin_get(INSTANCES).await.expect(200);
-        assert_eq!(list.items().len(), 1, "only the valid one was stored: {}", list.text);
+        assert_eq!(
+            list.items().len(),
+            1,
+            "only the valid one was stored: {}",
+            list.text
+        );
     }
 
     async fn the_instance_list_filters_by_active(app: TestApp) {
@@ -122,10 +163,16 @@ backend_tests! {
 
         let all = app.admin_get(INSTANCES).await.expect(200);
         assert_eq!(ids(&all), vec![third, second, first]);
-        let active = app.admin_get(&format!("{INSTANCES}?active=true")).await.expect(200);
+        let active = app
+            .admin_get(&format!("{INSTANCES}?active=true"))
+            .await
+            .expect(200);
         assert_eq!(ids(&active), vec![third, first]);
         assert!(active.items().iter().all(|item| item["is_active"] == true));
-        let inactive = app.admin_get(&format!("{INSTANCES}?active=false")).await.expect(200);
+        let inactive = app
+            .admin_get(&format!("{INSTANCES}?active=false"))
+            .await
+            .expect(200);
         assert_eq!(ids(&inactive), vec![second]);
         assert_eq!(inactive.items()[0]["is_active"], false);
     }
@@ -169,12 +216,17 @@ backend_tests! {
             .admin_post(&format!("{INSTANCES}/{id}/rotate-key"), json!({}))
             .await
             .expect(200);
-        let new_key = rotated.body["api_key"].as_str().expect("a new key").to_string();
+        let new_key = rotated.body["api_key"]
+            .as_str()
+            .expect("a new key")
+            .to_string();
         assert_ne!(new_key, old_key);
         assert_eq!(rotated.id(), id);
         assert_eq!(rotated.body["is_active"], true);
 
-        app.post_event(&old_key, event.clone()).await.expect_problem(401);
+        app.post_event(&old_key, event.clone())
+            .await
+            .expect_problem(401);
         let stored = app.post_event(&new_key, event).await.expect(201);
         assert_eq!(stored.body["honeypot_id"], id);
 
@@ -188,10 +240,19 @@ backend_tests! {
         let body = serde_json::to_vec(&event).unwrap();
 
         let missing = app
-            .send_raw(Method::POST, EVENTS, None, Some("application/json"), body.clone())
+            .send_raw(
+                Method::POST,
+                EVENTS,
+                None,
+                Some("application/json"),
+                body.clone(),
+            )
             .await
             .expect_problem(401);
-        assert!(missing.body["detail"].as_str().unwrap().contains("X-HONEYPOT-KEY"));
+        assert!(missing.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("X-HONEYPOT-KEY"));
         app.send_raw(
             Method::POST,
             EVENTS,
@@ -211,7 +272,9 @@ backend_tests! {
         app.admin_post(&format!("{INSTANCES}/{rotated_id}/rotate-key"), json!({}))
             .await
             .expect(200);
-        app.post_event(&rotated_away, event.clone()).await.expect_problem(401);
+        app.post_event(&rotated_away, event.clone())
+            .await
+            .expect_problem(401);
 
         app.post_event(&key, event.clone()).await.expect(201);
         app.admin_post(&format!("{INSTANCES}/{id}/deactivate"), json!({}))
@@ -220,7 +283,12 @@ backend_tests! {
         app.post_event(&key, event).await.expect_problem(401);
 
         let events = app.admin_get(EVENTS).await.expect(200);
-        assert_eq!(events.items().len(), 1, "only the accepted event: {}", events.text);
+        assert_eq!(
+            events.items().len(),
+            1,
+            "only the accepted event: {}",
+            events.text
+        );
     }
 
     async fn a_failed_login_is_stored_whole_and_classified_as_brute_force(app: TestApp) {
@@ -261,7 +329,11 @@ backend_tests! {
     async fn events_are_classified_by_what_the_attacker_did(app: TestApp) {
         let (_, key) = app.honeypot("fra-ssh-01", "ssh").await;
         let cases = [
-            (json!({"event_type": "auth_attempt"}), "low", Some(json!(["brute_force"]))),
+            (
+                json!({"event_type": "auth_attempt"}),
+                "low",
+                Some(json!(["brute_force"])),
+            ),
             (
                 json!({"event_type": "auth_attempt", "payload": {"success": true}}),
                 "high",
@@ -278,14 +350,22 @@ backend_tests! {
                 "critical",
                 None,
             ),
-            (json!({"event_type": "exploitation", "command": "uname -a"}), "high", None),
+            (
+                json!({"event_type": "exploitation", "command": "uname -a"}),
+                "high",
+                None,
+            ),
             (json!({"event_type": "scan"}), "low", Some(json!(["recon"]))),
             (json!({"event_type": "connection"}), "info", Some(json!([]))),
         ];
         for (mut event, level, tags) in cases {
             event["source_ip"] = json!("203.0.113.7");
             let stored = app.post_event(&key, event.clone()).await.expect(201);
-            assert_eq!(stored.body["threat_level"], level, "{event}: {}", stored.text);
+            assert_eq!(
+                stored.body["threat_level"], level,
+                "{event}: {}",
+                stored.text
+            );
             match tags {
                 Some(tags) => assert_eq!(stored.body["threat_tags"], tags, "{event}"),
                 None => assert!(
@@ -303,7 +383,10 @@ backend_tests! {
         let (id, key) = app.honeypot("fra-ssh-01", "ssh").await;
         let first_at = app.now().to_string();
         let first = app
-            .post_event(&key, json!({"event_type": "connection", "source_ip": "203.0.113.7"}))
+            .post_event(
+                &key,
+                json!({"event_type": "connection", "source_ip": "203.0.113.7"}),
+            )
             .await
             .expect(201);
         assert_eq!(first.body["occurred_at"], first_at.as_str());
@@ -343,7 +426,10 @@ backend_tests! {
         }
 
         let mapped = encode("::ffff:203.0.113.9");
-        let filtered = app.admin_get(&format!("{EVENTS}?source_ip={mapped}")).await.expect(200);
+        let filtered = app
+            .admin_get(&format!("{EVENTS}?source_ip={mapped}"))
+            .await
+            .expect(200);
         assert_eq!(filtered.items().len(), 2, "{}", filtered.text);
     }
 
@@ -354,15 +440,35 @@ backend_tests! {
             (json!({"source_ip": ""}), "source_ip"),
             (json!({"source_ip": "203.0.113.7:22"}), "source_ip"),
             (json!({"source_ip": "attacker.example"}), "source_ip"),
-            (json!({"source_ip": "203.0.113.7", "source_port": 70000}), "source_port"),
-            (json!({"source_ip": "203.0.113.7", "source_port": -1}), "source_port"),
-            (json!({"source_ip": "203.0.113.7", "destination_port": 70000}), "destination_port"),
-            (json!({"source_ip": "203.0.113.7", "destination_port": -1}), "destination_port"),
+            (
+                json!({"source_ip": "203.0.113.7", "source_port": 70000}),
+                "source_port",
+            ),
+            (
+                json!({"source_ip": "203.0.113.7", "source_port": -1}),
+                "source_port",
+            ),
+            (
+                json!({"source_ip": "203.0.113.7", "destination_port": 70000}),
+                "destination_port",
+            ),
+            (
+                json!({"source_ip": "203.0.113.7", "destination_port": -1}),
+                "destination_port",
+            ),
         ];
         for (mut event, field) in cases {
             event["event_type"] = json!("scan");
-            let refused = app.post_event(&key, event.clone()).await.expect_problem(422);
-            assert_eq!(first_invalid_field(&refused), field, "{event}: {}", refused.text);
+            let refused = app
+                .post_event(&key, event.clone())
+                .await
+                .expect_problem(422);
+            assert_eq!(
+                first_invalid_field(&refused),
+                field,
+                "{event}: {}",
+                refused.text
+            );
         }
 
         let edge = json!({"event_type": "scan", "source_ip": "203.0.113.7",
@@ -372,7 +478,12 @@ backend_tests! {
         assert_eq!(stored.body["destination_port"], 0);
 
         let events = app.admin_get(EVENTS).await.expect(200);
-        assert_eq!(events.items().len(), 1, "nothing invalid was stored: {}", events.text);
+        assert_eq!(
+            events.items().len(),
+            1,
+            "nothing invalid was stored: {}",
+            events.text
+        );
     }
 
     async fn occurred_at_with_an_offset_is_stored_as_the_same_instant_in_utc(app: TestApp) {
@@ -404,21 +515,33 @@ backend_tests! {
             .await
             .expect(200);
         assert_eq!(listed.items().len(), 10, "{}", listed.text);
-        assert!(listed.items().iter().all(|event| event["occurred_at"] == expected.as_str()));
+        assert!(listed
+            .items()
+            .iter()
+            .all(|event| event["occurred_at"] == expected.as_str()));
 
         let fraction = with_offset(now.millis() + 250, 2);
         let stored = app
-            .post_event(&key, json!({"event_type": "scan", "source_ip": "203.0.113.17",
-                                     "occurred_at": fraction}))
+            .post_event(
+                &key,
+                json!({"event_type": "scan", "source_ip": "203.0.113.17",
+                                     "occurred_at": fraction}),
+            )
             .await
             .expect(201);
-        assert_eq!(stored.body["occurred_at"], with_offset(now.millis() + 250, 0)
-            .replace("+00:00", "Z"));
+        assert_eq!(
+            stored.body["occurred_at"],
+            with_offset(now.millis() + 250, 0).replace("+00:00", "Z")
+        );
     }
 
     async fn occurred_at_without_an_offset_is_invalid(app: TestApp) {
         let (_, key) = app.honeypot("fra-ssh-01", "ssh").await;
-        for written in ["2026-12-04T13:00:00", "2026-12-04T13:00:00.123", "yesterday"] {
+        for written in [
+            "2026-12-04T13:00:00",
+            "2026-12-04T13:00:00.123",
+            "yesterday",
+        ] {
             let refused = app
                 .post_event(
                     &key,
@@ -427,7 +550,12 @@ backend_tests! {
                 )
                 .await
                 .expect_problem(422);
-            assert_eq!(first_invalid_field(&refused), "occurred_at", "{}", refused.text);
+            assert_eq!(
+                first_invalid_field(&refused),
+                "occurred_at",
+                "{}",
+                refused.text
+            );
         }
         let events = app.admin_get(EVENTS).await.expect(200);
         assert_eq!(events.items(), Vec::<Value>::new());
@@ -439,15 +567,30 @@ backend_tests! {
         let now = app.now();
         let at = |seconds_ago: i64| now.minus_seconds(seconds_ago).to_string();
         let posts = [
-            (&ssh_key, json!({"event_type": "auth_attempt", "source_ip": "203.0.113.10",
-                              "occurred_at": at(3600)})),
-            (&ssh_key, json!({"event_type": "auth_attempt", "source_ip": "203.0.113.10",
-                              "payload": {"success": true}, "occurred_at": at(1800)})),
-            (&ssh_key, json!({"event_type": "scan", "source_ip": "198.51.100.7",
-                              "occurred_at": at(600)})),
-            (&web_key, json!({"event_type": "exploitation", "source_ip": "::ffff:198.51.100.7",
-                              "command": "wget http://198.51.100.99/a", "occurred_at": at(60)})),
-            (&web_key, json!({"event_type": "connection", "source_ip": "2001:db8::7"})),
+            (
+                &ssh_key,
+                json!({"event_type": "auth_attempt", "source_ip": "203.0.113.10",
+                              "occurred_at": at(3600)}),
+            ),
+            (
+                &ssh_key,
+                json!({"event_type": "auth_attempt", "source_ip": "203.0.113.10",
+                              "payload": {"success": true}, "occurred_at": at(1800)}),
+            ),
+            (
+                &ssh_key,
+                json!({"event_type": "scan", "source_ip": "198.51.100.7",
+                              "occurred_at": at(600)}),
+            ),
+            (
+                &web_key,
+                json!({"event_type": "exploitation", "source_ip": "::ffff:198.51.100.7",
+                              "command": "wget http://198.51.100.99/a", "occurred_at": at(60)}),
+            ),
+            (
+                &web_key,
+                json!({"event_type": "connection", "source_ip": "2001:db8::7"}),
+            ),
         ];
         let mut e = Vec::new();
         for (key, event) in posts {
@@ -463,36 +606,74 @@ backend_tests! {
             ("event_type=auth_attempt".to_string(), vec![e[1], e[0]]),
             ("event_type=scan".to_string(), vec![e[2]]),
             ("source_ip=198.51.100.7".to_string(), vec![e[3], e[2]]),
-            (format!("source_ip={}", encode("::ffff:198.51.100.7")), vec![e[3], e[2]]),
+            (
+                format!("source_ip={}", encode("::ffff:198.51.100.7")),
+                vec![e[3], e[2]],
+            ),
             (format!("source_ip={}", encode("2001:DB8:0::7")), vec![e[4]]),
             ("threat_level=info".to_string(), vec![e[4]]),
             ("threat_level=low".to_string(), vec![e[2], e[0]]),
             ("threat_level=high".to_string(), vec![e[1]]),
             ("threat_level=critical".to_string(), vec![e[3]]),
             ("threat_level=medium".to_string(), vec![]),
-            (format!("since={}", since(1800)), vec![e[4], e[3], e[2], e[1]]),
+            (
+                format!("since={}", since(1800)),
+                vec![e[4], e[3], e[2], e[1]],
+            ),
             (format!("until={}", since(600)), vec![e[1], e[0]]),
-            (format!("since={}&until={}", since(1800), since(60)), vec![e[2], e[1]]),
-            (format!("honeypot_id={web}&event_type=connection"), vec![e[4]]),
-            (format!("honeypot_id={ssh}&source_ip=198.51.100.7&threat_level=low"), vec![e[2]]),
+            (
+                format!("since={}&until={}", since(1800), since(60)),
+                vec![e[2], e[1]],
+            ),
+            (
+                format!("honeypot_id={web}&event_type=connection"),
+                vec![e[4]],
+            ),
+            (
+                format!("honeypot_id={ssh}&source_ip=198.51.100.7&threat_level=low"),
+                vec![e[2]],
+            ),
         ];
         for (query, expected) in cases {
-            let reply = app.admin_get(&format!("{EVENTS}?{query}")).await.expect(200);
+            let reply = app
+                .admin_get(&format!("{EVENTS}?{query}"))
+                .await
+                .expect(200);
             assert_eq!(ids(&reply), expected, "{query}: {}", reply.text);
             assert_eq!(reply.body["next_cursor"], Value::Null, "{query}");
         }
 
-        let processed = app.admin_get(&format!("{EVENTS}?processed=true")).await.expect(200);
-        let unprocessed = app.admin_get(&format!("{EVENTS}?processed=false")).await.expect(200);
-        assert!(processed.items().iter().all(|event| event["is_processed"] == true));
-        assert!(unprocessed.items().iter().all(|event| event["is_processed"] == false));
+        let processed = app
+            .admin_get(&format!("{EVENTS}?processed=true"))
+            .await
+            .expect(200);
+        let unprocessed = app
+            .admin_get(&format!("{EVENTS}?processed=false"))
+            .await
+            .expect(200);
+        assert!(processed
+            .items()
+            .iter()
+            .all(|event| event["is_processed"] == true));
+        assert!(unprocessed
+            .items()
+            .iter()
+            .all(|event| event["is_processed"] == false));
         let mut both = [ids(&processed), ids(&unprocessed)].concat();
         both.sort_unstable();
         assert_eq!(both, e, "every event is processed or not, never both");
 
-        for query in ["source_ip=not-an-address", "event_type=telnet", "threat_level=severe",
-                      "processed=maybe", "since=2026-12-04T13:00:00", "honeypot_id=x"] {
-            app.admin_get(&format!("{EVENTS}?{query}")).await.expect_problem(400);
+        for query in [
+            "source_ip=not-an-address",
+            "event_type=telnet",
+            "threat_level=severe",
+            "processed=maybe",
+            "since=2026-12-04T13:00:00",
+            "honeypot_id=x",
+        ] {
+            app.admin_get(&format!("{EVENTS}?{query}"))
+                .await
+                .expect_problem(400);
         }
     }
 }

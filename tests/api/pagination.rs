@@ -117,13 +117,19 @@ backend_tests! {
         assert_eq!(expected.len(), 20);
         assert_paging_returns(&app, BLOCKS, &expected).await;
 
-        let list = app.admin_get(&format!("{BLOCKS}?limit=1000")).await.expect(200);
+        let list = app
+            .admin_get(&format!("{BLOCKS}?limit=1000"))
+            .await
+            .expect(200);
         let created: Vec<String> = list
             .items()
             .iter()
             .map(|block| block["created_at"].as_str().unwrap().to_string())
             .collect();
-        assert!(created.windows(2).all(|pair| pair[0] > pair[1]), "{created:?}");
+        assert!(
+            created.windows(2).all(|pair| pair[0] > pair[1]),
+            "{created:?}"
+        );
         assert_eq!(list.items()[0]["value"], "198.51.100.20");
     }
 
@@ -205,7 +211,10 @@ backend_tests! {
             }
         }
         assert_eq!(seen, existing);
-        assert_eq!(everything(&app, ACTIONS).await.len(), existing.len() + added);
+        assert_eq!(
+            everything(&app, ACTIONS).await.len(),
+            existing.len() + added
+        );
     }
 
     async fn paging_while_events_arrive_neither_repeats_nor_skips_one(app: TestApp) {

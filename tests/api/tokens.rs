@@ -14,11 +14,17 @@ fn listed(list: &Reply, name: &str) -> Option<Value> {
 backend_tests! {
     async fn creating_a_token_shows_it_once_and_the_list_never_shows_a_token(app: TestApp) {
         let created = app
-            .admin_post(TOKENS, json!({"name": "heimdall-sensor-1", "role": "detector"}))
+            .admin_post(
+                TOKENS,
+                json!({"name": "heimdall-sensor-1", "role": "detector"}),
+            )
             .await
             .expect(201);
         let token = created.body["token"].as_str().expect("a token").to_string();
-        assert!(token.len() >= 32, "a token carries at least 128 bits: {token}");
+        assert!(
+            token.len() >= 32,
+            "a token carries at least 128 bits: {token}"
+        );
         assert_eq!(
             created.body,
             json!({"name": "heimdall-sensor-1", "role": "detector",
@@ -27,15 +33,31 @@ backend_tests! {
 
         let list = app.admin_get(TOKENS).await.expect(200);
         assert_eq!(list.body["next_cursor"], Value::Null);
-        let names: Vec<Value> = list.items().iter().map(|token| token["name"].clone()).collect();
+        let names: Vec<Value> = list
+            .items()
+            .iter()
+            .map(|token| token["name"].clone())
+            .collect();
         assert_eq!(names, ["heimdall-sensor-1", "admin"], "newest first");
         for item in list.items() {
             let mut keys: Vec<&String> = item.as_object().unwrap().keys().collect();
             keys.sort_unstable();
-            assert_eq!(keys, ["created_at", "last_used_at", "name", "role"], "{item}");
+            assert_eq!(
+                keys,
+                ["created_at", "last_used_at", "name", "role"],
+                "{item}"
+            );
         }
-        assert!(!list.text.contains(&token), "the new token leaked: {}", list.text);
-        assert!(!list.text.contains(&app.admin_token), "the admin token leaked: {}", list.text);
+        assert!(
+            !list.text.contains(&token),
+            "the new token leaked: {}",
+            list.text
+        );
+        assert!(
+            !list.text.contains(&app.admin_token),
+            "the admin token leaked: {}",
+            list.text
+        );
 
         let viewer = app.get("/security/dashboard", &token).await;
         viewer.expect(200);
@@ -53,10 +75,14 @@ backend_tests! {
         let list = app.admin_get(TOKENS).await.expect(200);
         assert_eq!(listed(&list, "grafana").unwrap()["role"], "viewer");
         app.get("/security/dashboard", &first).await.expect(200);
-        app.post("/security/policy/blocks", &first, json!({"entity_type": "ip",
-                  "value": "203.0.113.7", "reason": "still a viewer"}))
-            .await
-            .expect_problem(403);
+        app.post(
+            "/security/policy/blocks",
+            &first,
+            json!({"entity_type": "ip",
+                  "value": "203.0.113.7", "reason": "still a viewer"}),
+        )
+        .await
+        .expect_problem(403);
     }
 
     async fn an_unknown_role_or_a_bad_name_is_invalid(app: TestApp) {
@@ -67,11 +93,24 @@ backend_tests! {
             (json!({"name": "has space", "role": "viewer"}), "name"),
         ];
         for (body, field) in cases {
-            let refused = app.admin_post(TOKENS, body.clone()).await.expect_problem(422);
-            assert_eq!(refused.body["errors"][0]["field"], field, "{body}: {}", refused.text);
+            let refused = app
+                .admin_post(TOKENS, body.clone())
+                .await
+                .expect_problem(422);
+            assert_eq!(
+                refused.body["errors"][0]["field"], field,
+                "{body}: {}",
+                refused.text
+            );
         }
-        let missing = app.admin_post(TOKENS, json!({"name": "root"})).await.expect_problem(422);
-        assert!(missing.body["errors"][0]["message"].as_str().unwrap().contains("role"));
+        let missing = app
+            .admin_post(TOKENS, json!({"name": "root"}))
+            .await
+            .expect_problem(422);
+        assert!(missing.body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("role"));
 
         let list = app.admin_get(TOKENS).await.expect(200);
         assert_eq!(list.items().len(), 1, "only the admin token: {}", list.text);
@@ -89,11 +128,17 @@ backend_tests! {
         assert_eq!(revoked.body["role"], "analyst");
         assert!(revoked.body.get("token").is_none(), "{}", revoked.text);
 
-        app.get("/security/dashboard", &token).await.expect_problem(401);
-        app.post("/security/policy/blocks", &token, json!({"entity_type": "ip",
-                  "value": "203.0.113.7", "reason": "revoked"}))
+        app.get("/security/dashboard", &token)
             .await
             .expect_problem(401);
+        app.post(
+            "/security/policy/blocks",
+            &token,
+            json!({"entity_type": "ip",
+                  "value": "203.0.113.7", "reason": "revoked"}),
+        )
+        .await
+        .expect_problem(401);
         let list = app.admin_get(TOKENS).await.expect(200);
         assert!(listed(&list, "ci-runner").is_none(), "{}", list.text);
 
@@ -120,19 +165,31 @@ backend_tests! {
     async fn last_used_at_is_set_when_a_token_is_used(app: TestApp) {
         let token = app.token("grafana", "viewer").await;
         let list = app.admin_get(TOKENS).await.expect(200);
-        assert_eq!(listed(&list, "grafana").unwrap()["last_used_at"], Value::Null);
+        assert_eq!(
+            listed(&list, "grafana").unwrap()["last_used_at"],
+            Value::Null
+        );
 
         app.clock.advance_seconds(30);
         let first_use = app.now().to_string();
         app.get("/security/dashboard", &token).await.expect(200);
         let list = app.admin_get(TOKENS).await.expect(200);
-        assert_eq!(listed(&list, "grafana").unwrap()["last_used_at"], first_use.as_str());
+        assert_eq!(
+            listed(&list, "grafana").unwrap()["last_used_at"],
+            first_use.as_str()
+        );
 
         app.clock.advance_seconds(3600);
         let later_use = app.now().to_string();
         app.get("/security/policy/", &token).await.expect(200);
         let list = app.admin_get(TOKENS).await.expect(200);
-        assert_eq!(listed(&list, "grafana").unwrap()["last_used_at"], later_use.as_str());
-        assert_eq!(listed(&list, "admin").unwrap()["last_used_at"], later_use.as_str());
+        assert_eq!(
+            listed(&list, "grafana").unwrap()["last_used_at"],
+            later_use.as_str()
+        );
+        assert_eq!(
+            listed(&list, "admin").unwrap()["last_used_at"],
+            later_use.as_str()
+        );
     }
 }
