@@ -129,11 +129,13 @@ fn sqlite_pool(connections: u32) -> AnyPoolOptions {
         .acquire_timeout(Duration::from_secs(30))
         .after_connect(|connection, _| {
             Box::pin(async move {
-                // WAL lets readers work beside the writer; the busy timeout
+                // WAL lets readers work beside the writer; FULL syncs the WAL
+                // at every commit, so an answered write survives a power cut
+                // (group commit keeps that affordable); the busy timeout
                 // covers other processes (e.g. `valhalla token create`).
                 connection
                     .execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                          PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
                     )
                     .await?;
