@@ -85,7 +85,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|error| Error::BadRequest(format!("malformed JSON: {error}")))?;
     if let Some(path) = path_of_nul(&value) {
-        let field = if path.is_empty() { "body".to_string() } else { path };
+        let field = if path.is_empty() {
+            "body".to_string()
+        } else {
+            path
+        };
         return Err(Error::invalid_field(field, NUL_REFUSED));
     }
     deserialize_value(value)
@@ -93,10 +97,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 
 /// PostgreSQL cannot store U+0000 in text; both backends refuse it at the
 /// edge, the same way, instead of one of them failing inside.
-const NUL_REFUSED: &str = "must not contain NUL (U+0000) characters";
+pub const NUL_REFUSED: &str = "must not contain NUL (U+0000) characters";
 
 /// The path (`a.b[2]`) of the first string or key holding U+0000, if any.
-fn path_of_nul(value: &serde_json::Value) -> Option<String> {
+pub fn path_of_nul(value: &serde_json::Value) -> Option<String> {
     use serde_json::Value;
     let join = |head: &str, rest: String| {
         if rest.is_empty() || rest.starts_with('[') {
@@ -126,13 +130,25 @@ fn path_of_nul(value: &serde_json::Value) -> Option<String> {
 pub fn deserialize_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T> {
     serde_path_to_error::deserialize(value).map_err(|error| {
         let path = error.path().to_string();
-        let field = if path == "." {
-            "body".to_string()
-        } else {
-            path
-        };
-        Error::invalid_field(field, error.into_inner().to_string())
+        let message = error.into_inner().to_string();
+        Error::invalid_field(field_of(&path, &message), message)
     })
+}
+
+/// The path of the offending field. serde reports a missing or unknown field
+/// at the object holding it, naming the field only in its message
+/// (``missing field `reason` ``), so the name is taken from there.
+fn field_of(path: &str, message: &str) -> String {
+    let named = ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split('`').next());
+    match (path, named) {
+        (".", Some(name)) => name.to_string(),
+        (".", None) => "body".to_string(),
+        (path, Some(name)) => format!("{path}.{name}"),
+        (path, None) => path.to_string(),
+    }
 }
 
 /// Query parameters, parsed into `T`; anything unparseable is 400.
