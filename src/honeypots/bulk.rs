@@ -20,7 +20,7 @@ use super::formats::{map_record, Format, Mapped};
 use super::key::AuthenticatedHoneypot;
 use super::writer::PendingEvent;
 use crate::error::{Error, Result};
-use crate::http::{read_body, ApiQuery};
+use crate::http::{path_of_nul, read_body, ApiQuery, NUL_REFUSED};
 use crate::server::AppState;
 use crate::time::Timestamp;
 
@@ -135,7 +135,7 @@ pub fn parse_batch(
     let mut events = Vec::new();
     let mut report = BulkReport::default();
     for (line, record) in split_records(body)? {
-        let mapped = record.and_then(|(bytes, value)| {
+        let mapped = record.and_then(refuse_nul).and_then(|(bytes, value)| {
             map_record(format, value, now).map(|mapped| (fingerprint(format, &bytes), mapped))
         });
         match mapped {
@@ -151,6 +151,19 @@ pub fn parse_batch(
 }
 
 type Record = std::result::Result<(Vec<u8>, serde_json::Value), String>;
+
+/// PostgreSQL cannot store U+0000 in text: a record holding one is rejected
+/// alone, as a single POST would be, instead of failing the group commit it
+/// would join (and every other upload in that group with it).
+fn refuse_nul(
+    (bytes, value): (Vec<u8>, serde_json::Value),
+) -> std::result::Result<(Vec<u8>, serde_json::Value), String> {
+    match path_of_nul(&value) {
+        Some(path) if path.is_empty() => Err(format!("the record {NUL_REFUSED}")),
+        Some(path) => Err(format!("{path}: {NUL_REFUSED}")),
+        None => Ok((bytes, value)),
+    }
+}
 
 /// `(line number, record bytes and value or why not)` for each record.
 fn split_records(body: &[u8]) -> Result<Vec<(usize, Record)>> {

@@ -7,7 +7,8 @@ mod page;
 mod serve;
 
 pub use extract::{
-    deserialize_value, parse_json, read_body, ApiJson, ApiPath, ApiQuery, OptionalJson,
+    deserialize_value, parse_json, path_of_nul, read_body, ApiJson, ApiPath, ApiQuery,
+    OptionalJson, NUL_REFUSED,
 };
 pub use logging::log_request;
 pub use page::{Page, PageRequest};

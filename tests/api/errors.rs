@@ -418,6 +418,25 @@ backend_tests! {
         assert_eq!(events.items(), Vec::<Value>::new());
     }
 
+    async fn a_bulk_record_holding_a_nul_character_is_rejected_alone(app: TestApp) {
+        let (_, key) = app.honeypot("cowrie-vm", "ssh").await;
+        let record = |input: &str| {
+            json!({"eventid": "cowrie.command.input", "input": input, "session": "c768498d",
+                   "src_ip": "203.0.113.21", "protocol": "telnet",
+                   "timestamp": "2026-12-04T13:00:00.000000Z"})
+            .to_string()
+        };
+        let body = format!("{}\n{}\n", record("uname -a"), record("echo \u{0}\u{0}"));
+
+        let report = app.post_bulk(&key, "cowrie", body).await.expect(200);
+        assert_eq!(report.body["accepted"], 1, "{}", report.text);
+        assert_eq!(report.body["rejected"][0]["line"], 2, "{}", report.text);
+
+        let events = app.admin_get("/security/honeypot/events").await.expect(200);
+        assert_eq!(events.items().len(), 1, "{}", events.text);
+        assert_eq!(events.items()[0]["command"], "uname -a");
+    }
+
     async fn health_and_readiness_answer_without_credentials(app: TestApp) {
         for path in ["/healthz", "/readyz"] {
             let reply = app.request(Method::GET, path, None, None).await.expect(200);
