@@ -456,6 +456,14 @@ backend_tests! {
                 json!({"source_ip": "203.0.113.7", "destination_port": -1}),
                 "destination_port",
             ),
+            (
+                json!({"source_ip": "203.0.113.7", "payload": ["not", "an", "object"]}),
+                "payload",
+            ),
+            (
+                json!({"source_ip": "203.0.113.7", "payload": "text"}),
+                "payload",
+            ),
         ];
         for (mut event, field) in cases {
             event["event_type"] = json!("scan");
@@ -535,12 +543,67 @@ backend_tests! {
         );
     }
 
+    async fn registering_one_name_concurrently_creates_exactly_one_honeypot(app: TestApp) {
+        let body = json!({"name": "fra-ssh-01", "honeypot_type": "ssh"});
+        let (a, b, c, d) = tokio::join!(
+            app.admin_post(INSTANCES, body.clone()),
+            app.admin_post(INSTANCES, body.clone()),
+            app.admin_post(INSTANCES, body.clone()),
+            app.admin_post(INSTANCES, body.clone()),
+        );
+        let mut statuses: Vec<u16> = [&a, &b, &c, &d].iter().map(|r| r.status.as_u16()).collect();
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 409, 409, 409]);
+        for reply in [a, b, c, d]
+            .into_iter()
+            .filter(|reply| reply.status.as_u16() == 409)
+        {
+            reply.expect_problem(409);
+        }
+        let list = app.admin_get(INSTANCES).await.expect(200);
+        assert_eq!(list.items().len(), 1, "{}", list.text);
+    }
+
+    async fn events_posted_concurrently_are_all_stored_and_counted(app: TestApp) {
+        let (first, first_key) = app.honeypot("fra-ssh-01", "ssh").await;
+        let (second, second_key) = app.honeypot("ams-web-01", "web").await;
+        let post_ten = |key: String, source_ip: &'static str| {
+            let app = &app;
+            async move {
+                for _ in 0..10 {
+                    let event = json!({"event_type": "auth_attempt", "source_ip": source_ip});
+                    app.post_event(&key, event).await.expect(201);
+                }
+            }
+        };
+        tokio::join!(
+            post_ten(first_key.clone(), "203.0.113.1"),
+            post_ten(first_key, "203.0.113.2"),
+            post_ten(second_key.clone(), "203.0.113.3"),
+            post_ten(second_key, "203.0.113.4"),
+        );
+
+        let list = app.admin_get(INSTANCES).await.expect(200);
+        for instance in list.items() {
+            assert_eq!(instance["event_count"], 20, "{instance}");
+        }
+        for id in [first, second] {
+            let events = app
+                .admin_get(&format!("{EVENTS}?honeypot_id={id}&limit=100"))
+                .await
+                .expect(200);
+            assert_eq!(events.items().len(), 20, "{}", events.text);
+        }
+    }
+
     async fn occurred_at_without_an_offset_is_invalid(app: TestApp) {
         let (_, key) = app.honeypot("fra-ssh-01", "ssh").await;
         for written in [
             "2026-12-04T13:00:00",
             "2026-12-04T13:00:00.123",
             "yesterday",
+            "1969-12-31T23:59:59Z",
+            "10000-01-01T00:00:00Z",
         ] {
             let refused = app
                 .post_event(

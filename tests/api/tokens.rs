@@ -116,6 +116,24 @@ backend_tests! {
         assert_eq!(list.items().len(), 1, "only the admin token: {}", list.text);
     }
 
+    async fn creating_one_name_concurrently_issues_exactly_one_token(app: TestApp) {
+        let body = json!({"name": "grafana", "role": "viewer"});
+        let (a, b, c) = tokio::join!(
+            app.admin_post(TOKENS, body.clone()),
+            app.admin_post(TOKENS, body.clone()),
+            app.admin_post(TOKENS, body.clone()),
+        );
+        let mut statuses: Vec<u16> = [&a, &b, &c].iter().map(|r| r.status.as_u16()).collect();
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 409, 409]);
+        let winner = [a, b, c]
+            .into_iter()
+            .find(|reply| reply.status.as_u16() == 201)
+            .unwrap();
+        let token = winner.body["token"].as_str().unwrap();
+        app.get("/security/dashboard", token).await.expect(200);
+    }
+
     async fn a_revoked_token_stops_working_at_once(app: TestApp) {
         let token = app.token("ci-runner", "analyst").await;
         app.get("/security/dashboard", &token).await.expect(200);
