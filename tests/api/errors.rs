@@ -82,16 +82,34 @@ backend_tests! {
 
     async fn a_method_a_path_does_not_answer_is_a_method_not_allowed_problem(app: TestApp) {
         let token = app.admin_token.clone();
-        for (method, path) in [
-            (Method::DELETE, BLOCKS),
-            (Method::PUT, "/security/policy/"),
-            (Method::PATCH, "/security/tokens"),
-            (Method::DELETE, "/security/honeypot/instances"),
-            (Method::GET, "/security/honeypot/instances/1/deactivate"),
-            (Method::POST, "/security/dashboard"),
-        ] {
-            let reply = app.request(method.clone(), path, Some(&token), None).await;
-            assert_problem(reply, 405);
+        let cases = [
+            (Method::DELETE, BLOCKS, "GET,HEAD,POST"),
+            (Method::PUT, "/security/policy/", "GET,HEAD,POST"),
+            (Method::PATCH, "/security/tokens", "GET,HEAD,POST"),
+            (
+                Method::DELETE,
+                "/security/honeypot/instances",
+                "GET,HEAD,POST",
+            ),
+            (
+                Method::GET,
+                "/security/honeypot/instances/1/deactivate",
+                "POST",
+            ),
+            (Method::POST, "/security/dashboard", "GET,HEAD"),
+        ];
+        for (method, path, allowed) in cases {
+            let reply = app.request(method, path, Some(&token), None).await;
+            let reply = assert_problem(reply, 405);
+            // RFC 9110: a 405 names the methods the resource does answer.
+            let allow = reply
+                .headers
+                .get(reqwest::header::ALLOW)
+                .expect("an Allow header");
+            let mut methods: Vec<&str> =
+                allow.to_str().unwrap().split(',').map(str::trim).collect();
+            methods.sort_unstable();
+            assert_eq!(methods.join(","), allowed, "{path}");
         }
     }
 
