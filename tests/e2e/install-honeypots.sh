@@ -35,8 +35,12 @@ install_venv() {
     "$venv/bin/pip" install --quiet --disable-pip-version-check --no-input \
         -r "$requirements"
     # Twisted caches its plugin index beside the plugins; write it now, as
-    # the unprivileged honeypot cannot.
-    "$venv/bin/python" -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
+    # the unprivileged honeypot cannot. In a scratch folder: loading Cowrie's
+    # plugin writes var/lib/cowrie/uuid under the current one.
+    scratch=$(mktemp -d)
+    (cd "$scratch" && "$venv/bin/python" -c \
+        'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))')
+    rm -rf "$scratch"
     cp "$requirements" "$venv/requirements.txt"
     echo "$name: installed in $venv"
 }
