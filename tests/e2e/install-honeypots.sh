@@ -45,6 +45,13 @@ install_venv() {
     echo "$name: installed in $venv"
 }
 
+# Both at once: most of the time is spent waiting on downloads and builds.
 mkdir -p "$DEST"
-install_venv cowrie "$HERE/requirements-cowrie.txt"
-install_venv opencanary "$HERE/requirements-opencanary.txt"
+install_venv cowrie "$HERE/requirements-cowrie.txt" &
+cowrie_job=$!
+install_venv opencanary "$HERE/requirements-opencanary.txt" &
+opencanary_job=$!
+status=0
+wait "$cowrie_job" || status=1
+wait "$opencanary_job" || status=1
+exit "$status"
