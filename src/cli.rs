@@ -66,12 +66,16 @@ fn parse_role(text: &str) -> std::result::Result<Role, String> {
     })
 }
 
-/// Sets up logging on stderr.
+/// Sets up logging on stderr, coloured only when stderr is a terminal so
+/// that files and log pipelines get plain text.
 pub fn init_logging(settings: &LogSettings) {
+    use std::io::IsTerminal;
+
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match settings.log_format {
         LogFormat::Text => builder.init(),
