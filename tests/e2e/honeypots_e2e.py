@@ -9,7 +9,8 @@ lists are checked against what the honeypots logged.
         --opencanary-venv target/e2e-venv/opencanary
 
 Run it with the Cowrie venv's interpreter (it has paramiko); the venvs come
-from tests/e2e/install-honeypots.sh. It builds nothing. All traffic stays
+from tests/e2e/install-honeypots.sh, and tests/e2e/run.sh does both steps.
+It builds nothing. All traffic stays
 on 127.0.0.1, every wait has a deadline, and every process it starts is
 stopped by its pid, also on failure. When run as root, the honeypots run
 as `nobody`. The last line is `E2E: N passed, M failed`; the exit status is
@@ -204,20 +205,21 @@ class HoneypotUser:
             for name in [folder] + [os.path.join(folder, file) for file in files]:
                 os.chown(name, self.account.pw_uid, self.account.pw_gid)
 
-    def check_can_run(self, python):
-        """Fails early, and clearly, when `nobody` cannot reach the venv."""
+    def check_can_reach(self, python, work_dir):
+        """Fails early, and clearly, when `nobody` cannot reach the venv or
+        the work folder."""
         if self.account is None:
             return
         probe = subprocess.run(
-            [python, "-c", "import twisted"],
+            [python, "-c", "import os, sys, twisted; os.listdir(sys.argv[1])", work_dir],
             capture_output=True,
             timeout=STARTUP_SECONDS,
             **self.options("/"),
         )
         if probe.returncode != 0:
             raise RuntimeError(
-                f"user nobody cannot run {python} (a folder on its path is closed to "
-                f"others?): {probe.stderr.decode(errors='replace').strip()}"
+                f"user nobody cannot run {python} or read {work_dir} (a folder on the "
+                f"way closed to others?): {probe.stderr.decode(errors='replace').strip()}"
             )
 
 
@@ -678,7 +680,7 @@ def run(arguments, work_dir, processes, checks):
 
 
 def run_cowrie(venv, valhalla, work_dir, user, processes, checks):
-    user.check_can_run(f"{venv}/bin/python")
+    user.check_can_reach(f"{venv}/bin/python", work_dir)
     honeypot_id, key = valhalla.register_honeypot("e2e-cowrie", "ssh")
     state_dir = os.path.join(work_dir, "cowrie")
     port, json_log = start_cowrie(venv, state_dir, user, processes)
@@ -692,7 +694,7 @@ def run_cowrie(venv, valhalla, work_dir, user, processes, checks):
 
 
 def run_opencanary(venv, valhalla, work_dir, user, processes, checks):
-    user.check_can_run(f"{venv}/bin/python")
+    user.check_can_reach(f"{venv}/bin/python", work_dir)
     honeypot_id, key = valhalla.register_honeypot("e2e-opencanary", "custom")
     state_dir = os.path.join(work_dir, "opencanary")
     ports, json_log = start_opencanary(venv, state_dir, user, processes)
