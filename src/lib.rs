@@ -15,6 +15,7 @@ pub mod detection;
 pub mod error;
 pub mod honeypots;
 pub mod http;
+pub mod incidents;
 pub mod openapi;
 pub mod policy;
 pub mod server;

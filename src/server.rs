@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
@@ -20,10 +20,11 @@ use utoipa_axum::routes;
 
 use crate::clock::Clock;
 use crate::config::ServeSettings;
+use crate::detection::Engine;
 use crate::error::{Error, Result};
 use crate::honeypots::EventWriter;
 use crate::storage::Db;
-use crate::{actions, audit, auth, blocklist, dashboard, honeypots, openapi, policy};
+use crate::{actions, audit, auth, blocklist, dashboard, honeypots, incidents, openapi, policy};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -44,6 +45,7 @@ pub fn router(state: AppState, settings: &ServeSettings) -> Router {
         .merge(auth::tokens::router())
         .merge(audit::router())
         .merge(dashboard::router())
+        .merge(incidents::router())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(openapi_document))
@@ -134,7 +136,9 @@ pub async fn start(settings: &ServeSettings, clock: Arc<dyn Clock>) -> Result<Ru
     let address = listener
         .local_addr()
         .map_err(|error| Error::Internal(error.to_string()))?;
-    let events = EventWriter::start(db.clone());
+    let stored = Arc::new(Notify::new());
+    let events = EventWriter::start(db.clone(), stored.clone());
+    let engine = tokio::spawn(Engine::new(db.clone(), clock.clone(), stored).run());
     let app = router(
         AppState {
             db: db.clone(),
@@ -151,6 +155,10 @@ pub async fn start(settings: &ServeSettings, clock: Arc<dyn Clock>) -> Result<Ru
             let _ = stopped.await;
         };
         crate::http::serve(listener, app, header_read_timeout, stop).await;
+        // Judging is transactional: an aborted batch rolls back and its
+        // events stay unprocessed for the next start.
+        engine.abort();
+        let _ = engine.await;
         db.close().await;
     });
     tracing::info!(%address, "valhalla is serving");

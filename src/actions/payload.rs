@@ -81,6 +81,18 @@ impl ActionPayload {
         parsed.map_err(under_payload)
     }
 
+    /// What the request is about, stored beside it so that open requests for
+    /// one source or for the mode can be found without reading payloads.
+    pub fn subject(&self) -> String {
+        match self {
+            ActionPayload::BlockEntity { entity, .. }
+            | ActionPayload::UnblockEntity(UnblockTarget::Entity(entity)) => subject_of(entity),
+            ActionPayload::UnblockEntity(UnblockTarget::BlockId(id)) => format!("block:{id}"),
+            ActionPayload::SetMode(_) => "mode".to_string(),
+            ActionPayload::UpdatePolicy(_) => "policy".to_string(),
+        }
+    }
+
     /// The canonical form stored with the request.
     pub fn to_value(&self) -> Value {
         match self {
@@ -177,4 +189,9 @@ fn under_payload(error: Error) -> Error {
         ),
         other => other,
     }
+}
+
+/// The subject of requests about `entity`, e.g. `ip:203.0.113.7`.
+pub fn subject_of(entity: &Entity) -> String {
+    format!("{}:{}", entity.entity_type().as_str(), entity.value())
 }

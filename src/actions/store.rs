@@ -38,16 +38,42 @@ pub async fn file_action_request(
     new: NewActionRequest,
 ) -> Result<ActionRequest> {
     let mut tx = db.begin().await?;
-    let policy = load_policy(&mut *tx).await?;
+    let filed = file_in_transaction(&mut tx, now, &new).await?;
+    tx.commit().await?;
+
+    if filed.auto_approved {
+        return execute_action_request(db, now, filed.request.id, AUTO_APPROVER, None).await;
+    }
+    Ok(filed.request)
+}
+
+/// A request filed inside a caller's transaction.
+#[derive(Debug)]
+pub struct FiledRequest {
+    pub request: ActionRequest,
+    /// Approved by policy: the caller executes it once its transaction commits.
+    pub auto_approved: bool,
+}
+
+/// Files a request inside `tx`, approving it when the policy auto-approves
+/// its source in the current mode. Execution is left to the caller, after
+/// commit, because it runs in a transaction of its own.
+pub async fn file_in_transaction(
+    tx: &mut Tx,
+    now: Timestamp,
+    new: &NewActionRequest,
+) -> Result<FiledRequest> {
+    let policy = load_policy(&mut **tx).await?;
+    let mode = policy.settings.mode;
     let auto_approved = policy
         .settings
         .auto_approve
-        .for_mode(policy.settings.mode)
+        .for_mode(mode)
         .contains(&new.source);
-    let request = insert_action_request(&mut tx, now, &new).await?;
+    let mut request = insert_action_request(tx, now, new).await?;
     if auto_approved {
-        approve(
-            &mut tx,
+        request = approve(
+            tx,
             now,
             request.id,
             AUTO_APPROVER,
@@ -55,12 +81,37 @@ pub async fn file_action_request(
         )
         .await?;
     }
-    tx.commit().await?;
+    Ok(FiledRequest {
+        request,
+        auto_approved,
+    })
+}
 
-    if auto_approved {
-        return execute_action_request(db, now, request.id, AUTO_APPROVER, None).await;
-    }
-    Ok(request)
+/// Whether a request about `subject` is still pending or approved.
+pub async fn open_request_exists(tx: &mut Tx, subject: &str) -> Result<bool> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS open FROM action_requests \
+         WHERE subject = $1 AND status IN ('pending', 'approved')",
+    )
+    .bind(subject)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(sqlx::Row::try_get::<i64, _>(&row, "open")? > 0)
+}
+
+/// Requests the policy approved that were not executed yet, e.g. because the
+/// process stopped between approval and execution; oldest first.
+pub async fn auto_approved_backlog(db: &Db) -> Result<Vec<i64>> {
+    let rows = sqlx::query(
+        "SELECT id FROM action_requests WHERE status = 'approved' AND approved_by = $1 \
+         ORDER BY id LIMIT 100",
+    )
+    .bind(AUTO_APPROVER)
+    .fetch_all(db.reader())
+    .await?;
+    rows.iter()
+        .map(|row| Ok(sqlx::Row::try_get::<i64, _>(row, "id")?))
+        .collect()
 }
 
 async fn insert_action_request(
@@ -70,8 +121,8 @@ async fn insert_action_request(
 ) -> Result<ActionRequest> {
     let sql = format!(
         "INSERT INTO action_requests \
-             (source, action_type, payload, reason, status, requested_by, created_at) \
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6) RETURNING {ACTION_COLUMNS}"
+             (source, action_type, payload, reason, status, requested_by, created_at, subject) \
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7) RETURNING {ACTION_COLUMNS}"
     );
     let row = sqlx::query(&sql)
         .bind(new.source.as_str())
@@ -80,6 +131,7 @@ async fn insert_action_request(
         .bind(&new.reason)
         .bind(&new.requested_by)
         .bind(now.millis())
+        .bind(new.payload.subject())
         .fetch_one(&mut **tx)
         .await?;
     let request = ActionRequest::from_row(&row)?;

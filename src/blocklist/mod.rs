@@ -11,5 +11,6 @@ pub use entity::{Entity, EntityType, Network};
 pub use model::{Block, BlockOutcome, NewBlock, BLOCK_COLUMNS};
 pub use routes::{parse_reason, router};
 pub use store::{
-    block_entity, deactivate_allowlisted, deactivate_block, find_live_block, resolve_expiry,
+    block_entity, deactivate_allowlisted, deactivate_block, expire_due_blocks, find_live_block,
+    resolve_expiry,
 };

@@ -328,3 +328,26 @@ pub async fn matching_address_blocks<'e, E: Executor<'e, Database = Any>>(
         .await?;
     rows.iter().map(|row| Block::from_row(row, now)).collect()
 }
+
+/// Closes every block whose expiry has passed, at its expiry instant, and
+/// records each in the audit log. Check and lists already ignore expired
+/// blocks; this makes the ending visible in the trail.
+pub async fn expire_due_blocks(db: &crate::storage::Db, now: Timestamp) -> Result<usize> {
+    let sql = format!(
+        "SELECT {BLOCK_COLUMNS} FROM blocks \
+         WHERE deactivated_at IS NULL AND expires_at <= $1 ORDER BY expires_at LIMIT 500"
+    );
+    let mut tx = db.begin().await?;
+    let rows = sqlx::query(&sql)
+        .bind(now.millis())
+        .fetch_all(&mut *tx)
+        .await?;
+    for row in &rows {
+        retire_expired_block(&mut tx, &Block::from_row(row, now)?).await?;
+    }
+    tx.commit().await?;
+    if !rows.is_empty() {
+        tracing::info!(blocks = rows.len(), "expired blocks closed");
+    }
+    Ok(rows.len())
+}

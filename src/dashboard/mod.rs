@@ -108,7 +108,7 @@ async fn get_dashboard(
             updated_at: policy.updated_at,
             auto_escalation_enabled: policy.settings.auto_escalation_enabled,
         },
-        incidents: incident_summary(),
+        incidents: incident_summary(&mut tx).await?,
         blocklist: blocklist_summary(&mut tx, now).await?,
         honeypots: honeypot_summary(&mut tx, now).await?,
         actions: action_summary(&mut tx).await?,
@@ -118,11 +118,15 @@ async fn get_dashboard(
     Ok(Json(dashboard))
 }
 
-/// Incidents are raised by the detection engine's correlation, which does
-/// not exist yet: until it does there are none to count, and the section
-/// keeps its contracted shape with zeros.
-fn incident_summary() -> IncidentSummary {
-    let by_severity = [
+/// Unresolved incidents (open or acknowledged), by severity.
+async fn incident_summary(tx: &mut Transaction<'static, Any>) -> Result<IncidentSummary> {
+    let rows = sqlx::query(
+        "SELECT severity, COUNT(*) AS count FROM incidents WHERE status <> 'resolved' \
+         GROUP BY severity",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut by_severity: BTreeMap<String, i64> = [
         ThreatLevel::Low,
         ThreatLevel::Medium,
         ThreatLevel::High,
@@ -131,10 +135,14 @@ fn incident_summary() -> IncidentSummary {
     .into_iter()
     .map(|level| (level.as_str().to_string(), 0))
     .collect();
-    IncidentSummary {
-        open: 0,
-        by_severity,
+    for row in &rows {
+        let severity: String = row.try_get("severity")?;
+        *by_severity.entry(severity).or_insert(0) += row.try_get::<i64, _>("count")?;
     }
+    Ok(IncidentSummary {
+        open: by_severity.values().sum(),
+        by_severity,
+    })
 }
 
 async fn blocklist_summary(

@@ -29,6 +29,7 @@ use crate::time::Timestamp;
 #[into_params(parameter_in = Query)]
 pub struct BulkQuery {
     /// Record format: `valhalla` (default), `cowrie` or `opencanary`.
+    #[param(inline)]
     format: Option<Format>,
 }
 

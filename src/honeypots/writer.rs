@@ -10,7 +10,9 @@
 
 use sqlx::any::AnyArguments;
 use sqlx::Arguments;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::events::{HoneypotEvent, NewEvent, EVENT_COLUMNS};
 use crate::detection::{classify_event, ThreatLevel};
@@ -72,10 +74,11 @@ pub struct EventWriter {
 }
 
 impl EventWriter {
-    /// Starts the writer task on the current runtime.
-    pub fn start(db: Db) -> Self {
+    /// Starts the writer task on the current runtime; `stored` is notified
+    /// after each commit, to wake the detection engine.
+    pub fn start(db: Db, stored: Arc<Notify>) -> Self {
         let (jobs, queue) = mpsc::channel(1024);
-        tokio::spawn(run_writer(db, queue));
+        tokio::spawn(run_writer(db, queue, stored));
         Self { jobs }
     }
 
@@ -107,7 +110,7 @@ fn writer_gone() -> Error {
     Error::Unavailable("the event writer has stopped; the server is shutting down".to_string())
 }
 
-async fn run_writer(db: Db, mut queue: mpsc::Receiver<Job>) {
+async fn run_writer(db: Db, mut queue: mpsc::Receiver<Job>, stored: Arc<Notify>) {
     while let Some(first) = queue.recv().await {
         let mut rows = first.events.len();
         let mut group = vec![first];
@@ -123,6 +126,7 @@ async fn run_writer(db: Db, mut queue: mpsc::Receiver<Job>) {
 
         match write_group(&db, &group).await {
             Ok(results) => {
+                stored.notify_one();
                 for (job, written) in group.into_iter().zip(results) {
                     let _ = job.reply.send(Ok(written));
                 }

@@ -26,6 +26,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0002_event_fingerprints.sql"),
         postgres: include_str!("../../migrations/postgres/0002_event_fingerprints.sql"),
     },
+    Migration {
+        version: 3,
+        name: "detection",
+        sqlite: include_str!("../../migrations/sqlite/0003_detection.sql"),
+        postgres: include_str!("../../migrations/postgres/0003_detection.sql"),
+    },
 ];
 
 /// Any number larger than zero that other applications are unlikely to use

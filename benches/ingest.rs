@@ -1,0 +1,383 @@
+//! Ingest throughput, each figure beside a baseline measured in the same run.
+//!
+//! For each backend it starts the real server binary, then measures:
+//! - bulk ingest of Cowrie records through `POST /security/honeypot/events/bulk`,
+//!   against a plain batched INSERT of the same rows through the same driver
+//!   (sqlx's Any driver, same engine, same durability settings);
+//! - single-event POSTs from 64 concurrent clients;
+//! - the server's peak resident memory (VmHWM) over the run.
+//!
+//! Run with `bench/ingest.sh`, which writes the table into BENCHMARKS.md.
+//! Sizes: `VALHALLA_BENCH_EVENTS` (bulk, default 200000) and
+//! `VALHALLA_BENCH_POSTS` (single, default 40000).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, Connection, Executor};
+
+const BATCH_LINES: usize = 10_000;
+const CONCURRENT_CLIENTS: usize = 64;
+
+struct Server {
+    child: Child,
+    base_url: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(database_url: &str, dir: tempfile::TempDir) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let token = format!("vh_bench_{:032x}", rand_u128());
+        let child = Command::new(env!("CARGO_BIN_EXE_valhalla"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("VALHALLA_DATABASE_URL", database_url)
+            .env("VALHALLA_ADMIN_TOKEN", &token)
+            .env("VALHALLA_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the server binary starts");
+        Server { child, base_url: format!("http://127.0.0.1:{port}"), token, _dir: dir }
+    }
+
+    async fn wait_ready(&self, http: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let ready = http.get(format!("{}/readyz", self.base_url)).send().await;
+            if ready.is_ok_and(|response| response.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server did not become ready within 30 s");
+    }
+
+    /// Peak resident memory of the server process so far, in MiB.
+    fn peak_memory_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN);
+        kib / 1024.0
+    }
+}
+
+fn rand_u128() -> u128 {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).unwrap();
+    u128::from_le_bytes(bytes)
+}
+
+/// `count` distinct Cowrie login records, shaped like the real log's.
+fn cowrie_lines(count: usize, salt: u64) -> Vec<String> {
+    (0..count)
+        .map(|n| {
+            let micros = salt * 1_000_000_000 + n as u64;
+            json!({
+                "eventid": "cowrie.login.failed",
+                "username": format!("user{}", n % 500),
+                "password": "123456",
+                "message": "login attempt failed",
+                "sensor": "bench",
+                "session": format!("{:012x}", n),
+                "src_ip": format!("198.51.{}.{}", (n / 250) % 250, n % 250 + 1),
+                "src_port": 40000 + n % 20000,
+                "dst_ip": "192.0.2.1",
+                "dst_port": 2222,
+                "protocol": "ssh",
+                "timestamp": format!(
+                    "2026-12-04T{:02}:{:02}:{:02}.{:06}Z",
+                    micros / 3_600_000_000 % 24,
+                    micros / 60_000_000 % 60,
+                    micros / 1_000_000 % 60,
+                    micros % 1_000_000
+                ),
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+struct Figures {
+    backend: &'static str,
+    bulk_events_per_second: f64,
+    baseline_events_per_second: f64,
+    single_events_per_second: f64,
+    peak_memory_mib: f64,
+    events: usize,
+    posts: usize,
+}
+
+async fn register_honeypot(http: &reqwest::Client, server: &Server, name: &str) -> String {
+    let reply: Value = http
+        .post(format!("{}/security/honeypot/instances", server.base_url))
+        .bearer_auth(&server.token)
+        .json(&json!({"name": name, "honeypot_type": "ssh"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    reply["api_key"].as_str().expect("an api key").to_string()
+}
+
+/// Bulk ingest through HTTP: two senders, batches of `BATCH_LINES`.
+async fn measure_bulk(http: &reqwest::Client, server: &Server, lines: &[String]) -> f64 {
+    let key = register_honeypot(http, server, "bulk").await;
+    let bodies: Vec<String> = lines.chunks(BATCH_LINES).map(|chunk| chunk.join("\n")).collect();
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut senders = Vec::new();
+    for _ in 0..2 {
+        let (http, bodies, next, key) = (http.clone(), bodies.clone(), next.clone(), key.clone());
+        let url = format!("{}/security/honeypot/events/bulk?format=cowrie", server.base_url);
+        senders.push(tokio::spawn(async move {
+            let mut stored = 0;
+            while let Some(body) = bodies.get(next.fetch_add(1, Ordering::SeqCst)) {
+                let reply: Value = http
+                    .post(&url)
+                    .header("X-HONEYPOT-KEY", &key)
+                    .header("Content-Type", "application/x-ndjson")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                stored += reply["accepted"].as_u64().expect("a bulk report") as usize;
+            }
+            stored
+        }));
+    }
+    let mut stored = 0;
+    for sender in senders {
+        stored += sender.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(stored, lines.len(), "every bulk record is accepted");
+    lines.len() as f64 / elapsed
+}
+
+/// The same rows through a plain batched INSERT with the same driver:
+/// 500 rows a statement, `BATCH_LINES` rows a transaction, no parsing, no
+/// classification, no HTTP.
+async fn measure_baseline(database_url: &str, backend: &str, lines: &[String]) -> f64 {
+    let pool = AnyPoolOptions::new().max_connections(1);
+    let pool = if backend == "sqlite" {
+        pool.after_connect(|connection, _| {
+            Box::pin(async move {
+                connection
+                    .execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+                    .await?;
+                Ok(())
+            })
+        })
+    } else {
+        pool
+    };
+    let pool = pool.connect(database_url).await.unwrap();
+    pool.execute(
+        "CREATE TABLE baseline_events (id BIGINT, event_type TEXT, source_ip TEXT, \
+         source_port BIGINT, destination_port BIGINT, protocol TEXT, username TEXT, \
+         password TEXT, session_id TEXT, payload TEXT, occurred_at BIGINT, \
+         received_at BIGINT, threat_level TEXT, threat_tags TEXT, fingerprint TEXT)",
+    )
+    .await
+    .unwrap();
+    let rows: Vec<Value> = lines.iter().map(|line| serde_json::from_str(line).unwrap()).collect();
+
+    let started = Instant::now();
+    for batch in rows.chunks(BATCH_LINES) {
+        let mut tx = pool.begin().await.unwrap();
+        for chunk in batch.chunks(500) {
+            let placeholders: Vec<String> = (0..chunk.len())
+                .map(|row| {
+                    let numbers: Vec<String> =
+                        (1..=15).map(|column| format!("${}", row * 15 + column)).collect();
+                    format!("({})", numbers.join(", "))
+                })
+                .collect();
+            let sql = format!("INSERT INTO baseline_events VALUES {}", placeholders.join(", "));
+            let mut query = sqlx::query(&sql);
+            for (index, row) in chunk.iter().enumerate() {
+                query = query
+                    .bind(index as i64)
+                    .bind("auth_attempt")
+                    .bind(row["src_ip"].as_str().unwrap().to_string())
+                    .bind(row["src_port"].as_i64())
+                    .bind(row["dst_port"].as_i64())
+                    .bind("ssh")
+                    .bind(row["username"].as_str().unwrap().to_string())
+                    .bind("123456")
+                    .bind(row["session"].as_str().unwrap().to_string())
+                    .bind(row.to_string())
+                    .bind(1_764_853_200_000_i64)
+                    .bind(1_764_853_200_000_i64)
+                    .bind("low")
+                    .bind("[\"brute_force\"]")
+                    .bind(format!("{index:064x}"));
+            }
+            query.execute(&mut *tx).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    pool.close().await;
+    rows.len() as f64 / elapsed
+}
+
+/// Single-event POSTs from `CONCURRENT_CLIENTS` clients at once.
+async fn measure_single(server: &Server, posts: usize) -> f64 {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENT_CLIENTS).build().unwrap();
+    let key = register_honeypot(&http, server, "single").await;
+    let url = format!("{}/security/honeypot/events", server.base_url);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..CONCURRENT_CLIENTS {
+        let (http, url, key, next) = (http.clone(), url.clone(), key.clone(), next.clone());
+        clients.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                if n >= posts {
+                    return;
+                }
+                let event = json!({
+                    "event_type": "auth_attempt",
+                    "source_ip": format!("203.0.{}.{}", n / 250 % 250, n % 250 + 1),
+                    "username": "root", "password": "123456", "destination_port": 22,
+                });
+                let status = http
+                    .post(&url)
+                    .header("X-HONEYPOT-KEY", &key)
+                    .json(&event)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert_eq!(status.as_u16(), 201);
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    posts as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn measure_backend(backend: &'static str, events: usize, posts: usize) -> Option<Figures> {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_url, baseline_url) = match backend {
+        "sqlite" => (
+            format!("sqlite://{}?mode=rwc", dir.path().join("valhalla.db").display()),
+            format!("sqlite://{}?mode=rwc", dir.path().join("baseline.db").display()),
+        ),
+        _ => {
+            let admin = std::env::var("VALHALLA_TEST_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+            let mut connection = AnyConnection::connect(&admin).await.ok()?;
+            let suffix = format!("{:08x}", rand_u128() as u32);
+            for name in ["bench_server", "bench_baseline"] {
+                connection.execute(format!("CREATE DATABASE {name}_{suffix}").as_str()).await.ok()?;
+            }
+            let (base, _) = admin.rsplit_once('/').unwrap();
+            (format!("{base}/bench_server_{suffix}"), format!("{base}/bench_baseline_{suffix}"))
+        }
+    };
+
+    let lines = cowrie_lines(events, 1);
+    let baseline = measure_baseline(&baseline_url, backend, &lines).await;
+
+    let server = Server::start(&server_url, dir);
+    let http = reqwest::Client::new();
+    server.wait_ready(&http).await;
+    let bulk = measure_bulk(&http, &server, &lines).await;
+    let single = measure_single(&server, posts).await;
+    let peak = server.peak_memory_mib();
+    drop(server);
+
+    if backend == "postgres" {
+        drop_bench_databases(&server_url, &baseline_url).await;
+    }
+    Some(Figures {
+        backend,
+        bulk_events_per_second: bulk,
+        baseline_events_per_second: baseline,
+        single_events_per_second: single,
+        peak_memory_mib: peak,
+        events,
+        posts,
+    })
+}
+
+async fn drop_bench_databases(server_url: &str, baseline_url: &str) {
+    let admin = std::env::var("VALHALLA_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let Ok(mut connection) = AnyConnection::connect(&admin).await else {
+        return;
+    };
+    for url in [server_url, baseline_url] {
+        let name = url.rsplit('/').next().unwrap();
+        let _ = connection
+            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+            .await;
+    }
+}
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not run this.
+    if !std::env::args().any(|argument| argument == "--bench") {
+        return;
+    }
+    sqlx::any::install_default_drivers();
+    let events = env_count("VALHALLA_BENCH_EVENTS", 200_000);
+    let posts = env_count("VALHALLA_BENCH_POSTS", 40_000);
+
+    let mut rows = Vec::new();
+    for backend in ["sqlite", "postgres"] {
+        match measure_backend(backend, events, posts).await {
+            Some(figures) => rows.push(figures),
+            None => eprintln!("{backend}: not reachable, skipped"),
+        }
+    }
+
+    println!("| backend | bulk ingest (events/s) | plain batched INSERT, same rows (events/s) | bulk / baseline | single POSTs, {CONCURRENT_CLIENTS} clients (events/s) | server peak RSS (MiB) | sizes |");
+    println!("|---|---|---|---|---|---|---|");
+    for figures in rows {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {} bulk, {} single |",
+            figures.backend,
+            figures.bulk_events_per_second,
+            figures.baseline_events_per_second,
+            figures.bulk_events_per_second / figures.baseline_events_per_second,
+            figures.single_events_per_second,
+            figures.peak_memory_mib,
+            figures.events,
+            figures.posts,
+        );
+    }
+}

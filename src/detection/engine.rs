@@ -1,0 +1,254 @@
+//! Heimdall's loop: judges stored events in order, marks them processed in
+//! the same transaction as the incidents and requests they lead to, and on
+//! a steady tick sweeps expired blocks and steps the mode down.
+//!
+//! Events are picked by "not processed yet", oldest id first, rather than by
+//! a cursor: after a restart the engine resumes exactly where it stopped,
+//! and an event whose transaction committed late (another replica's) is not
+//! skipped. Marking and judging commit together, so none is judged twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Row;
+use tokio::sync::Notify;
+
+use super::{auto_block, escalation, ThreatLevel};
+use crate::actions::{self, FiledRequest, AUTO_APPROVER};
+use crate::blocklist;
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::incidents::{self, SourceActivity};
+use crate::policy::load_policy;
+use crate::storage::{self, Backend, Db, Tx};
+use crate::time::Timestamp;
+
+/// Events judged per transaction.
+const BATCH: i64 = 2000;
+
+/// How often expiry and de-escalation are looked at when nothing arrives.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Key for `pg_try_advisory_xact_lock`: among replicas sharing PostgreSQL,
+/// one judges a batch at a time.
+const ENGINE_LOCK_KEY: i64 = 0x4845_494d_4441_4c4c;
+
+/// An event as the engine reads it.
+#[derive(Debug, Clone)]
+pub struct JudgedEvent {
+    pub id: i64,
+    pub honeypot_id: i64,
+    pub event_type: String,
+    pub source_ip: String,
+    pub occurred_at: Timestamp,
+    pub threat_level: ThreatLevel,
+}
+
+/// The engine: clone-cheap, started once per server.
+#[derive(Clone)]
+pub struct Engine {
+    db: Db,
+    clock: Arc<dyn Clock>,
+    wake: Arc<Notify>,
+}
+
+impl Engine {
+    pub fn new(db: Db, clock: Arc<dyn Clock>, wake: Arc<Notify>) -> Self {
+        Self { db, clock, wake }
+    }
+
+    /// Runs until the task is aborted. Errors are logged and retried on the
+    /// next round, never fatal: the events wait, unprocessed, in the table.
+    pub async fn run(self) {
+        loop {
+            let judged = self.judge_next_batch().await.unwrap_or_else(|error| {
+                tracing::error!(%error, "judging events failed; retrying");
+                0
+            });
+            if let Err(error) = self.execute_auto_approved().await {
+                tracing::error!(%error, "executing auto-approved requests failed");
+            }
+            if judged > 0 {
+                continue;
+            }
+            if let Err(error) = self.tick().await {
+                tracing::error!(%error, "engine tick failed");
+            }
+            tokio::select! {
+                () = self.wake.notified() => {},
+                () = tokio::time::sleep(TICK) => {},
+            }
+        }
+    }
+
+    /// Judges up to `BATCH` unprocessed events; returns how many.
+    pub async fn judge_next_batch(&self) -> Result<usize> {
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        if !self.holds_engine_lock(&mut tx).await? {
+            return Ok(0);
+        }
+        let events = unprocessed_events(&mut tx).await?;
+        if events.is_empty() {
+            return Ok(0);
+        }
+
+        let policy = load_policy(&mut *tx).await?;
+        let mut filed = Vec::new();
+        for (source_ip, events) in by_source(&events) {
+            let activity = activity_of(source_ip, &events);
+            let incident = incidents::record_source_events(&mut tx, now, &activity).await?;
+            let request = auto_block::consider(&mut tx, now, &policy.settings, &events).await?;
+            if let Some(request) = request {
+                if let Some(incident) = incident {
+                    incidents::link_action_request(&mut tx, incident, request.request.id).await?;
+                }
+                filed.push(request);
+            }
+        }
+        filed.extend(escalation::consider_raising(&mut tx, now, &policy.settings).await?);
+        mark_processed(&mut tx, now, &events).await?;
+        tx.commit().await?;
+
+        tracing::debug!(
+            events = events.len(),
+            requests = filed.len(),
+            "events judged"
+        );
+        self.execute(filed).await;
+        Ok(events.len())
+    }
+
+    /// Executes requests the policy approved, after their filing committed.
+    async fn execute(&self, filed: Vec<FiledRequest>) {
+        for request in filed.into_iter().filter(|filed| filed.auto_approved) {
+            let id = request.request.id;
+            let now = self.clock.now();
+            if let Err(error) =
+                actions::execute_action_request(&self.db, now, id, AUTO_APPROVER, None).await
+            {
+                tracing::warn!(action_request.id = id, %error, "auto-approved request not executed");
+            }
+        }
+    }
+
+    /// Picks up approved-by-policy requests left unexecuted (a stop between
+    /// filing and execution); execution is exactly-once, so a race is harmless.
+    async fn execute_auto_approved(&self) -> Result<()> {
+        for id in actions::auto_approved_backlog(&self.db).await? {
+            let now = self.clock.now();
+            match actions::execute_action_request(&self.db, now, id, AUTO_APPROVER, None).await {
+                Ok(_) | Err(Error::Conflict(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// What does not wait for events: expiry and stepping the mode down.
+    pub async fn tick(&self) -> Result<()> {
+        let now = self.clock.now();
+        blocklist::expire_due_blocks(&self.db, now).await?;
+
+        let mut tx = self.db.begin().await?;
+        if !self.holds_engine_lock(&mut tx).await? {
+            return Ok(());
+        }
+        let policy = load_policy(&mut *tx).await?;
+        let filed = escalation::consider_lowering(&mut tx, now, &policy).await?;
+        tx.commit().await?;
+        self.execute(filed.into_iter().collect()).await;
+        Ok(())
+    }
+
+    async fn holds_engine_lock(&self, tx: &mut Tx) -> Result<bool> {
+        if self.db.backend() != Backend::Postgres {
+            return Ok(true);
+        }
+        let row = sqlx::query("SELECT pg_try_advisory_xact_lock($1) AS held")
+            .bind(ENGINE_LOCK_KEY)
+            .fetch_one(&mut **tx)
+            .await?;
+        Ok(row.try_get::<bool, _>("held")?)
+    }
+}
+
+async fn unprocessed_events(tx: &mut Tx) -> Result<Vec<JudgedEvent>> {
+    let rows = sqlx::query(
+        "SELECT id, honeypot_id, event_type, source_ip, occurred_at, threat_level \
+         FROM honeypot_events WHERE processed_at IS NULL ORDER BY id LIMIT $1",
+    )
+    .bind(BATCH)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let level: String = row.try_get("threat_level")?;
+            Ok(JudgedEvent {
+                id: row.try_get("id")?,
+                honeypot_id: row.try_get("honeypot_id")?,
+                event_type: row.try_get("event_type")?,
+                source_ip: row.try_get("source_ip")?,
+                occurred_at: storage::timestamp(row, "occurred_at")?,
+                threat_level: ThreatLevel::parse(&level)
+                    .ok_or_else(|| Error::Internal(format!("stored threat level {level}")))?,
+            })
+        })
+        .collect()
+}
+
+/// Events grouped by source, each group in id (commit) order.
+fn by_source(events: &[JudgedEvent]) -> BTreeMap<&str, Vec<JudgedEvent>> {
+    let mut groups: BTreeMap<&str, Vec<JudgedEvent>> = BTreeMap::new();
+    for event in events {
+        groups
+            .entry(event.source_ip.as_str())
+            .or_default()
+            .push(event.clone());
+    }
+    groups
+}
+
+fn activity_of(source_ip: &str, events: &[JudgedEvent]) -> SourceActivity {
+    let mut type_counts = BTreeMap::new();
+    for event in events {
+        *type_counts.entry(event.event_type.clone()).or_insert(0) += 1;
+    }
+    SourceActivity {
+        source_ip: source_ip.to_string(),
+        event_count: events.len() as i64,
+        worst: events
+            .iter()
+            .map(|event| event.threat_level)
+            .max()
+            .unwrap_or(ThreatLevel::Info),
+        first_seen_at: events
+            .iter()
+            .map(|event| event.occurred_at)
+            .min()
+            .expect("a group"),
+        last_seen_at: events
+            .iter()
+            .map(|event| event.occurred_at)
+            .max()
+            .expect("a group"),
+        type_counts,
+        honeypot_ids: events.iter().map(|event| event.honeypot_id).collect(),
+    }
+}
+
+async fn mark_processed(tx: &mut Tx, now: Timestamp, events: &[JudgedEvent]) -> Result<()> {
+    for chunk in events.chunks(500) {
+        let ids: Vec<String> = chunk.iter().map(|event| event.id.to_string()).collect();
+        let sql = format!(
+            "UPDATE honeypot_events SET processed_at = $1 WHERE id IN ({})",
+            ids.join(", ")
+        );
+        sqlx::query(&sql)
+            .bind(now.millis())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! Recording activity into incidents, and reading them with their links.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sqlx::{Any, Executor, Row};
+
+use super::model::{Incident, IncidentRow, IncidentStatus, INCIDENT_COLUMNS};
+use crate::detection::ThreatLevel;
+use crate::error::{Error, Result};
+use crate::storage::Tx;
+use crate::time::Timestamp;
+
+/// How long a source may stay quiet before its next event opens a new
+/// incident instead of extending the current one.
+pub const INCIDENT_QUIET_SECONDS: i64 = 24 * 3600;
+
+/// One source's newly judged events.
+#[derive(Debug, Clone)]
+pub struct SourceActivity {
+    pub source_ip: String,
+    pub event_count: i64,
+    pub worst: ThreatLevel,
+    pub first_seen_at: Timestamp,
+    pub last_seen_at: Timestamp,
+    pub type_counts: BTreeMap<String, i64>,
+    pub honeypot_ids: BTreeSet<i64>,
+}
+
+/// Adds `activity` to the source's active incident, or opens one. Activity
+/// that is only informational (connections) extends an incident but never
+/// opens one. Returns the incident's id, if there is one.
+pub async fn record_source_events(
+    tx: &mut Tx,
+    now: Timestamp,
+    activity: &SourceActivity,
+) -> Result<Option<i64>> {
+    let active_since = activity.first_seen_at.minus_seconds(INCIDENT_QUIET_SECONDS);
+    let sql = format!(
+        "SELECT {INCIDENT_COLUMNS} FROM incidents \
+         WHERE source_ip = $1 AND status <> 'resolved' AND last_seen_at >= $2 \
+         ORDER BY id DESC LIMIT 1"
+    );
+    let current = sqlx::query(&sql)
+        .bind(&activity.source_ip)
+        .bind(active_since.millis())
+        .fetch_optional(&mut **tx)
+        .await?;
+
+    let id = match current {
+        Some(row) => extend_incident(tx, now, IncidentRow::from_row(&row)?, activity).await?,
+        None if activity.worst == ThreatLevel::Info => return Ok(None),
+        None => open_incident(tx, now, activity).await?,
+    };
+    for honeypot_id in &activity.honeypot_ids {
+        link(tx, id, "honeypot", *honeypot_id).await?;
+    }
+    Ok(Some(id))
+}
+
+async fn open_incident(tx: &mut Tx, now: Timestamp, activity: &SourceActivity) -> Result<i64> {
+    let row = sqlx::query(
+        "INSERT INTO incidents (source_ip, severity, status, event_count, first_seen_at, \
+             last_seen_at, type_counts, created_at, updated_at) \
+         VALUES ($1, $2, 'open', $3, $4, $5, $6, $7, $7) RETURNING id",
+    )
+    .bind(&activity.source_ip)
+    .bind(activity.worst.as_str())
+    .bind(activity.event_count)
+    .bind(activity.first_seen_at.millis())
+    .bind(activity.last_seen_at.millis())
+    .bind(serde_json::to_string(&activity.type_counts).expect("counts serialise"))
+    .bind(now.millis())
+    .fetch_one(&mut **tx)
+    .await?;
+    let id: i64 = row.try_get("id")?;
+    tracing::info!(incident.id = id, source_ip = %activity.source_ip, "incident opened");
+    Ok(id)
+}
+
+async fn extend_incident(
+    tx: &mut Tx,
+    now: Timestamp,
+    current: IncidentRow,
+    activity: &SourceActivity,
+) -> Result<i64> {
+    let mut type_counts = current.type_counts;
+    for (kind, count) in &activity.type_counts {
+        *type_counts.entry(kind.clone()).or_default() += count;
+    }
+    sqlx::query(
+        "UPDATE incidents SET severity = $1, event_count = event_count + $2, \
+             first_seen_at = $3, last_seen_at = $4, type_counts = $5, updated_at = $6 \
+         WHERE id = $7",
+    )
+    .bind(current.severity.max(activity.worst).as_str())
+    .bind(activity.event_count)
+    .bind(current.first_seen_at.min(activity.first_seen_at).millis())
+    .bind(current.last_seen_at.max(activity.last_seen_at).millis())
+    .bind(serde_json::to_string(&type_counts).expect("counts serialise"))
+    .bind(now.millis())
+    .bind(current.id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(current.id)
+}
+
+/// Records that incident `incident_id` led to action request `request_id`.
+pub async fn link_action_request(tx: &mut Tx, incident_id: i64, request_id: i64) -> Result<()> {
+    link(tx, incident_id, "action_request", request_id).await
+}
+
+async fn link(tx: &mut Tx, incident_id: i64, kind: &str, ref_id: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO incident_links (incident_id, kind, ref_id) VALUES ($1, $2, $3) \
+         ON CONFLICT (incident_id, kind, ref_id) DO NOTHING",
+    )
+    .bind(incident_id)
+    .bind(kind)
+    .bind(ref_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Attaches links, linked blocks and summaries to incident rows, with one
+/// query for the links and one for the blocks whatever the number of rows.
+pub async fn with_links<'e, E>(executor: E, rows: Vec<IncidentRow>) -> Result<Vec<Incident>>
+where
+    E: Executor<'e, Database = Any> + Copy,
+{
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = rows.iter().map(|row| row.id.to_string()).collect();
+    let links = sqlx::query(&format!(
+        "SELECT incident_id, kind, ref_id FROM incident_links WHERE incident_id IN ({}) \
+         ORDER BY ref_id",
+        ids.join(", ")
+    ))
+    .fetch_all(executor)
+    .await?;
+    let mut honeypots: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    let mut requests: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for link in &links {
+        let incident: i64 = link.try_get("incident_id")?;
+        let kind: String = link.try_get("kind")?;
+        let target = if kind == "honeypot" {
+            &mut honeypots
+        } else {
+            &mut requests
+        };
+        target
+            .entry(incident)
+            .or_default()
+            .push(link.try_get("ref_id")?);
+    }
+
+    let blocks =
+        blocks_by_request(executor, requests.values().flatten().copied().collect()).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let honeypot_ids = honeypots.remove(&row.id).unwrap_or_default();
+            let action_request_ids = requests.remove(&row.id).unwrap_or_default();
+            let block_ids = action_request_ids
+                .iter()
+                .filter_map(|request| blocks.get(request))
+                .flatten()
+                .copied()
+                .collect();
+            Incident {
+                summary: row.summary(honeypot_ids.len()),
+                id: row.id,
+                source_ip: row.source_ip,
+                severity: row.severity,
+                status: row.status,
+                event_count: row.event_count,
+                first_seen_at: row.first_seen_at,
+                last_seen_at: row.last_seen_at,
+                honeypot_ids,
+                action_request_ids,
+                block_ids,
+            }
+        })
+        .collect())
+}
+
+async fn blocks_by_request<'e, E: Executor<'e, Database = Any>>(
+    executor: E,
+    request_ids: Vec<i64>,
+) -> Result<BTreeMap<i64, Vec<i64>>> {
+    let mut blocks: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    if request_ids.is_empty() {
+        return Ok(blocks);
+    }
+    let ids: Vec<String> = request_ids.iter().map(i64::to_string).collect();
+    let rows = sqlx::query(&format!(
+        "SELECT id, action_request_id FROM blocks WHERE action_request_id IN ({}) ORDER BY id",
+        ids.join(", ")
+    ))
+    .fetch_all(executor)
+    .await?;
+    for row in &rows {
+        blocks
+            .entry(row.try_get("action_request_id")?)
+            .or_default()
+            .push(row.try_get("id")?);
+    }
+    Ok(blocks)
+}
+
+/// open → acknowledged → resolved, or open → resolved; anything else is 409.
+/// The `WHERE status IN (…)` makes a racing second caller see zero rows.
+pub async fn transition_incident(
+    tx: &mut Tx,
+    now: Timestamp,
+    id: i64,
+    to: IncidentStatus,
+) -> Result<IncidentRow> {
+    let from = match to {
+        IncidentStatus::Acknowledged => "('open')",
+        IncidentStatus::Resolved => "('open', 'acknowledged')",
+        IncidentStatus::Open => "()",
+    };
+    let resolved_at = (to == IncidentStatus::Resolved).then_some(now.millis());
+    let sql = format!(
+        "UPDATE incidents SET status = $1, updated_at = $2, resolved_at = $3 \
+         WHERE id = $4 AND status IN {from} RETURNING {INCIDENT_COLUMNS}"
+    );
+    let sql = if to == IncidentStatus::Open {
+        None
+    } else {
+        Some(sql)
+    };
+    let updated = match sql {
+        Some(sql) => {
+            sqlx::query(&sql)
+                .bind(to.as_str())
+                .bind(now.millis())
+                .bind(resolved_at)
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?
+        }
+        None => None,
+    };
+    match updated {
+        Some(row) => IncidentRow::from_row(&row),
+        None => {
+            let current = find_incident_row(&mut **tx, id).await?;
+            Err(Error::Conflict(format!(
+                "incident {id} is {}; it cannot become {}",
+                current.status.as_str(),
+                to.as_str()
+            )))
+        }
+    }
+}
+
+/// One incident row, or 404.
+pub async fn find_incident_row<'e, E: Executor<'e, Database = Any>>(
+    executor: E,
+    id: i64,
+) -> Result<IncidentRow> {
+    let row = sqlx::query(&format!(
+        "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(executor)
+    .await?
+    .ok_or_else(|| Error::NotFound(format!("no incident with id {id}")))?;
+    IncidentRow::from_row(&row)
+}
