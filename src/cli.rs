@@ -33,6 +33,8 @@ pub enum Command {
     /// Manage API tokens directly in the database.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Follow a honeypot's log file and send its records to Valhalla.
+    Ship(crate::shipper::ShipSettings),
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,6 +98,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Token(command) => run_token_command(command, clock).await,
+        Command::Ship(settings) => crate::shipper::run(settings, shutdown_signal())
+            .await
+            .map_err(|error| Error::Command(error.to_string())),
     }
 }
 

@@ -57,6 +57,10 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A command-line operation other than serving failed; the text is
+    /// for the operator who ran it.
+    #[error("{0}")]
+    Command(String),
 }
 
 impl Error {
@@ -90,7 +94,9 @@ impl Error {
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Database(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Database(_) | Error::Internal(_) | Error::Command(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -105,7 +111,7 @@ impl Error {
             Error::UnsupportedMediaType(_) => "unsupported-media-type",
             Error::Invalid { .. } => "validation-failed",
             Error::Unavailable(_) => "not-ready",
-            Error::Database(_) | Error::Internal(_) => "internal-error",
+            Error::Database(_) | Error::Internal(_) | Error::Command(_) => "internal-error",
         }
     }
 
@@ -121,7 +127,7 @@ impl Error {
             Error::Invalid { detail, .. } => detail.clone(),
             Error::Unauthorized(expected) => format!("missing or unknown credentials: {expected}"),
             Error::PayloadTooLarge => "the request body exceeds the configured limit".to_string(),
-            Error::Database(_) | Error::Internal(_) => {
+            Error::Database(_) | Error::Internal(_) | Error::Command(_) => {
                 "the server failed to handle this request; it has been logged".to_string()
             }
         }

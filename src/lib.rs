@@ -19,5 +19,6 @@ pub mod incidents;
 pub mod openapi;
 pub mod policy;
 pub mod server;
+pub mod shipper;
 pub mod storage;
 pub mod time;
