@@ -35,6 +35,13 @@ pub enum Command {
     Token(TokenCommand),
     /// Follow a honeypot's log file and send its records to Valhalla.
     Ship(crate::shipper::ShipSettings),
+    /// Start on a temporary database, replay the bundled real Cowrie log,
+    /// show what the detection engine made of it, and keep serving.
+    Demo {
+        /// Address and port to listen on.
+        #[arg(long, env = "VALHALLA_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +105,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Token(command) => run_token_command(command, clock).await,
+        Command::Demo { listen } => crate::demo::run(&listen, shutdown_signal()).await,
         Command::Ship(settings) => crate::shipper::run(settings, shutdown_signal())
             .await
             .map_err(|error| Error::Command(error.to_string())),

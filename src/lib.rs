@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dashboard;
+pub mod demo;
 pub mod detection;
 pub mod error;
 pub mod honeypots;

@@ -65,11 +65,16 @@ pub async fn consider(
     let duration = block_duration(rule, offences);
     let reason = match trigger {
         Trigger::Critical(kind) => {
-            format!("critical {kind} event from {address}; repeat offence {offences}")
+            format!(
+                "critical {kind} event from {address}; offence {}",
+                offences + 1
+            )
         }
         Trigger::Threshold(count) => format!(
-            "{count} events from {address} within {} s (threshold {}); repeat offence {offences}",
-            rule.window_seconds, rule.threshold_events
+            "{count} events from {address} within {} s (threshold {}); offence {}",
+            rule.window_seconds,
+            rule.threshold_events,
+            offences + 1
         ),
     };
     let request = NewActionRequest {
