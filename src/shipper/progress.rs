@@ -22,7 +22,8 @@ pub struct Totals {
 /// The summary line: counts, time taken and rate.
 pub fn summary(totals: &Totals, elapsed: Duration) -> String {
     format!(
-        "{} lines read, {} accepted, {} skipped, {} rejected, {} duplicates in {:.2} s ({} lines/s)",
+        "{} lines read, {} accepted, {} skipped, {} rejected, {} duplicates \
+         in {:.2} s ({} lines/s)",
         totals.lines_read,
         totals.accepted,
         totals.skipped,
