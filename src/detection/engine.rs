@@ -30,6 +30,11 @@ const BATCH: i64 = 2000;
 /// How often expiry and de-escalation are looked at when nothing arrives.
 const TICK: Duration = Duration::from_secs(1);
 
+/// After a wake-up, how long to let events gather before judging: one batch
+/// of many events costs one transaction (and on SQLite one fsync and one
+/// turn of the single writer) instead of one per commit of the ingest path.
+const GATHER: Duration = Duration::from_millis(50);
+
 /// Key for `pg_try_advisory_xact_lock`: among replicas sharing PostgreSQL,
 /// one judges a batch at a time.
 const ENGINE_LOCK_KEY: i64 = 0x4845_494d_4441_4c4c;
@@ -76,7 +81,7 @@ impl Engine {
                 tracing::error!(%error, "engine tick failed");
             }
             tokio::select! {
-                () = self.wake.notified() => {},
+                () = self.wake.notified() => tokio::time::sleep(GATHER).await,
                 () = tokio::time::sleep(TICK) => {},
             }
         }
