@@ -372,6 +372,15 @@ async fn every_line_is_stored_exactly_once_through_kills_rotation_and_truncation
     log.append(200);
     server.wait_for_count(honeypot, 5700, &shipper).await;
 
+    // Stopped across a rotation: the old file's unshipped end is found by
+    // its identity beside the log, and shipped before the new file.
+    log.append(300);
+    shipper.kill();
+    log.rotate();
+    log.append(100);
+    let shipper = start("shipper-3");
+    server.wait_for_count(honeypot, 6100, &shipper).await;
+
     let status = shipper.terminate();
     assert!(
         status.success(),

@@ -164,9 +164,12 @@ impl Follower {
         if self.current.is_some() {
             return Ok(true);
         }
-        match OpenFile::open(&self.path, self.mode) {
+        let path = self
+            .rotated_file_to_resume()
+            .unwrap_or_else(|| self.path.clone());
+        match OpenFile::open(&path, self.mode) {
             Ok(mut opened) => {
-                opened.resume_from(self.resume.take(), &self.path)?;
+                opened.resume_from(self.resume.take(), &path)?;
                 self.current = Some(opened);
                 Ok(true)
             }
@@ -175,6 +178,30 @@ impl Follower {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// The log may have been rotated while the shipper was stopped. The
+    /// file the state describes is then looked for beside the path, by its
+    /// identity, so its unshipped end goes out before the new file; the
+    /// usual rotation handling then moves on to the path.
+    fn rotated_file_to_resume(&self) -> Option<PathBuf> {
+        let saved = self.resume?;
+        if self.mode == Mode::Once || path_identity(&self.path).ok() == Some(saved.identity) {
+            return None;
+        }
+        let directory = match self.path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let found = std::fs::read_dir(directory)
+            .ok()?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .find(|candidate| path_identity(candidate).ok() == Some(saved.identity))?;
+        tracing::info!(
+            file = %found.display(),
+            "the log was rotated while the shipper was stopped; finishing the rotated file first"
+        );
+        Some(found)
     }
 
     /// A file now shorter than what was read of it was truncated in place
@@ -603,6 +630,22 @@ mod tests {
 
         assert_eq!(texts(&lines), ["three"]);
         assert_eq!(lines[0].position.line, 3);
+    }
+
+    #[test]
+    fn a_file_rotated_while_the_shipper_was_stopped_is_finished_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log_in(&dir);
+        append(&path, "one\ntwo\n");
+        let saved = Follower::new(&path, Mode::Follow, None).poll().unwrap()[0].position;
+        std::fs::rename(&path, dir.path().join("cowrie.json.2026-12-04")).unwrap();
+        append(&path, "new\n");
+
+        let mut resumed = Follower::new(&path, Mode::Follow, Some(saved));
+        let mut lines = resumed.poll().unwrap();
+        lines.extend(resumed.poll().unwrap());
+
+        assert_eq!(texts(&lines), ["two", "new"]);
     }
 
     #[test]
