@@ -106,17 +106,24 @@ struct Server {
     admin_token: String,
     process: Option<Process>,
     starts: usize,
+    /// Settings beyond the database, address and token.
+    settings: Vec<(&'static str, &'static str)>,
     http: reqwest::Client,
 }
 
 impl Server {
     async fn start() -> Self {
+        Self::start_with(Vec::new()).await
+    }
+
+    async fn start_with(settings: Vec<(&'static str, &'static str)>) -> Self {
         let mut server = Server {
             dir: tempfile::tempdir().expect("a temporary directory"),
             port: free_port(),
             admin_token: random_hex(),
             process: None,
             starts: 0,
+            settings,
             http: reqwest::Client::new(),
         };
         server.spawn().await;
@@ -140,7 +147,8 @@ impl Server {
                 "VALHALLA_DATABASE_URL",
                 format!("sqlite://{}", database.display()),
             )
-            .env("VALHALLA_ADMIN_TOKEN", &self.admin_token);
+            .env("VALHALLA_ADMIN_TOKEN", &self.admin_token)
+            .envs(self.settings.iter().copied());
         self.process = Some(Process::spawn(&mut command, log));
         self.wait_until_ready().await;
     }
@@ -477,6 +485,22 @@ async fn once_imports_the_real_cowrie_log_and_a_second_run_sends_nothing_new() {
         74,
         "without its state the shipper resends, and the server keeps one copy: {third}"
     );
+    assert_eq!(server.event_count(honeypot).await, 74);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_the_servers_body_limit_is_sent_in_halves() {
+    let server = Server::start_with(vec![("VALHALLA_BULK_MAX_BYTES", "8192")]).await;
+    let (honeypot, key) = server.register_honeypot("cowrie-01").await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let log = Path::new(COWRIE_LOG);
+    assert!(std::fs::metadata(log).expect("the sample log").len() > 8 * 8192);
+
+    let (status, stderr) = ship_once(&server, &key, log, &dir.path().join("state"));
+
+    assert!(status.success(), "{stderr}");
+    assert_eq!(summary_count(&stderr, "accepted"), 74, "{stderr}");
+    assert_eq!(summary_count(&stderr, "rejected"), 0, "{stderr}");
     assert_eq!(server.event_count(honeypot).await, 74);
 }
 
