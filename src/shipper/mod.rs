@@ -223,8 +223,8 @@ impl Shipment {
     /// Batches and delivers until the end of the file (`--once`) or a stop.
     async fn ship(&mut self) -> Result<(), ShipError> {
         loop {
-            let collected = (self.collector.next_batch(&mut self.stop).await)
-                .map_err(|source| self.log_error(source))?;
+            let collected = self.collector.next_batch(&mut self.stop).await;
+            let collected = collected.map_err(|source| self.log_error(source))?;
             self.count_read(&collected);
             let delivered = self.deliver(collected.batch).await?;
             match collected.then {
