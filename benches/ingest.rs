@@ -5,6 +5,8 @@
 //!   against a plain batched INSERT of the same rows through the same driver
 //!   (sqlx's Any driver, same engine, same durability settings);
 //! - single-event POSTs from 64 concurrent clients;
+//! - detection: events judged per second by the engine, from the start of
+//!   the bulk run until no event is left unprocessed;
 //! - the server's peak resident memory (VmHWM) over the run.
 //!
 //! Run with `bench/ingest.sh`, which writes the table into BENCHMARKS.md.
@@ -39,7 +41,11 @@ impl Drop for Server {
 
 impl Server {
     fn start(database_url: &str, dir: tempfile::TempDir) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let token = format!("vh_bench_{:032x}", rand_u128());
         let child = Command::new(env!("CARGO_BIN_EXE_valhalla"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -50,7 +56,12 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("the server binary starts");
-        Server { child, base_url: format!("http://127.0.0.1:{port}"), token, _dir: dir }
+        Server {
+            child,
+            base_url: format!("http://127.0.0.1:{port}"),
+            token,
+            _dir: dir,
+        }
     }
 
     async fn wait_ready(&self, http: &reqwest::Client) {
@@ -72,7 +83,14 @@ impl Server {
         let kib = status
             .lines()
             .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
             .unwrap_or(f64::NAN);
         kib / 1024.0
     }
@@ -117,6 +135,7 @@ fn cowrie_lines(count: usize, salt: u64) -> Vec<String> {
 struct Figures {
     backend: &'static str,
     bulk_events_per_second: f64,
+    judged_events_per_second: f64,
     baseline_events_per_second: f64,
     single_events_per_second: f64,
     peak_memory_mib: f64,
@@ -139,16 +158,22 @@ async fn register_honeypot(http: &reqwest::Client, server: &Server, name: &str) 
 }
 
 /// Bulk ingest through HTTP: two senders, batches of `BATCH_LINES`.
-async fn measure_bulk(http: &reqwest::Client, server: &Server, lines: &[String]) -> f64 {
+async fn measure_bulk(http: &reqwest::Client, server: &Server, lines: &[String]) -> (f64, Instant) {
     let key = register_honeypot(http, server, "bulk").await;
-    let bodies: Vec<String> = lines.chunks(BATCH_LINES).map(|chunk| chunk.join("\n")).collect();
+    let bodies: Vec<String> = lines
+        .chunks(BATCH_LINES)
+        .map(|chunk| chunk.join("\n"))
+        .collect();
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut senders = Vec::new();
     for _ in 0..2 {
         let (http, bodies, next, key) = (http.clone(), bodies.clone(), next.clone(), key.clone());
-        let url = format!("{}/security/honeypot/events/bulk?format=cowrie", server.base_url);
+        let url = format!(
+            "{}/security/honeypot/events/bulk?format=cowrie",
+            server.base_url
+        );
         senders.push(tokio::spawn(async move {
             let mut stored = 0;
             while let Some(body) = bodies.get(next.fetch_add(1, Ordering::SeqCst)) {
@@ -174,7 +199,34 @@ async fn measure_bulk(http: &reqwest::Client, server: &Server, lines: &[String])
     }
     let elapsed = started.elapsed().as_secs_f64();
     assert_eq!(stored, lines.len(), "every bulk record is accepted");
-    lines.len() as f64 / elapsed
+    (lines.len() as f64 / elapsed, started)
+}
+
+/// Waits until the engine has judged every event; returns events per second
+/// since `started`.
+async fn measure_judging(
+    http: &reqwest::Client,
+    server: &Server,
+    events: usize,
+    started: Instant,
+) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while Instant::now() < deadline {
+        let dashboard: Value = http
+            .get(format!("{}/security/dashboard", server.base_url))
+            .bearer_auth(&server.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if dashboard["honeypots"]["unprocessed"] == 0 {
+            return events as f64 / started.elapsed().as_secs_f64();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f64::NAN
 }
 
 /// The same rows through a plain batched INSERT with the same driver:
@@ -203,7 +255,10 @@ async fn measure_baseline(database_url: &str, backend: &str, lines: &[String]) -
     )
     .await
     .unwrap();
-    let rows: Vec<Value> = lines.iter().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let rows: Vec<Value> = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
 
     let started = Instant::now();
     for batch in rows.chunks(BATCH_LINES) {
@@ -211,12 +266,16 @@ async fn measure_baseline(database_url: &str, backend: &str, lines: &[String]) -
         for chunk in batch.chunks(500) {
             let placeholders: Vec<String> = (0..chunk.len())
                 .map(|row| {
-                    let numbers: Vec<String> =
-                        (1..=15).map(|column| format!("${}", row * 15 + column)).collect();
+                    let numbers: Vec<String> = (1..=15)
+                        .map(|column| format!("${}", row * 15 + column))
+                        .collect();
                     format!("({})", numbers.join(", "))
                 })
                 .collect();
-            let sql = format!("INSERT INTO baseline_events VALUES {}", placeholders.join(", "));
+            let sql = format!(
+                "INSERT INTO baseline_events VALUES {}",
+                placeholders.join(", ")
+            );
             let mut query = sqlx::query(&sql);
             for (index, row) in chunk.iter().enumerate() {
                 query = query
@@ -247,7 +306,10 @@ async fn measure_baseline(database_url: &str, backend: &str, lines: &[String]) -
 
 /// Single-event POSTs from `CONCURRENT_CLIENTS` clients at once.
 async fn measure_single(server: &Server, posts: usize) -> f64 {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENT_CLIENTS).build().unwrap();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENT_CLIENTS)
+        .build()
+        .unwrap();
     let key = register_honeypot(&http, server, "single").await;
     let url = format!("{}/security/honeypot/events", server.base_url);
     let next = Arc::new(AtomicUsize::new(0));
@@ -288,8 +350,14 @@ async fn measure_backend(backend: &'static str, events: usize, posts: usize) -> 
     let dir = tempfile::tempdir().unwrap();
     let (server_url, baseline_url) = match backend {
         "sqlite" => (
-            format!("sqlite://{}?mode=rwc", dir.path().join("valhalla.db").display()),
-            format!("sqlite://{}?mode=rwc", dir.path().join("baseline.db").display()),
+            format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("valhalla.db").display()
+            ),
+            format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("baseline.db").display()
+            ),
         ),
         _ => {
             let admin = std::env::var("VALHALLA_TEST_POSTGRES_URL")
@@ -297,10 +365,16 @@ async fn measure_backend(backend: &'static str, events: usize, posts: usize) -> 
             let mut connection = AnyConnection::connect(&admin).await.ok()?;
             let suffix = format!("{:08x}", rand_u128() as u32);
             for name in ["bench_server", "bench_baseline"] {
-                connection.execute(format!("CREATE DATABASE {name}_{suffix}").as_str()).await.ok()?;
+                connection
+                    .execute(format!("CREATE DATABASE {name}_{suffix}").as_str())
+                    .await
+                    .ok()?;
             }
             let (base, _) = admin.rsplit_once('/').unwrap();
-            (format!("{base}/bench_server_{suffix}"), format!("{base}/bench_baseline_{suffix}"))
+            (
+                format!("{base}/bench_server_{suffix}"),
+                format!("{base}/bench_baseline_{suffix}"),
+            )
         }
     };
 
@@ -310,7 +384,8 @@ async fn measure_backend(backend: &'static str, events: usize, posts: usize) -> 
     let server = Server::start(&server_url, dir);
     let http = reqwest::Client::new();
     server.wait_ready(&http).await;
-    let bulk = measure_bulk(&http, &server, &lines).await;
+    let (bulk, started) = measure_bulk(&http, &server, &lines).await;
+    let judged = measure_judging(&http, &server, lines.len(), started).await;
     let single = measure_single(&server, posts).await;
     let peak = server.peak_memory_mib();
     drop(server);
@@ -321,6 +396,7 @@ async fn measure_backend(backend: &'static str, events: usize, posts: usize) -> 
     Some(Figures {
         backend,
         bulk_events_per_second: bulk,
+        judged_events_per_second: judged,
         baseline_events_per_second: baseline,
         single_events_per_second: single,
         peak_memory_mib: peak,
@@ -344,7 +420,10 @@ async fn drop_bench_databases(server_url: &str, baseline_url: &str) {
 }
 
 fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
 }
 
 #[tokio::main]
@@ -365,15 +444,21 @@ async fn main() {
         }
     }
 
-    println!("| backend | bulk ingest (events/s) | plain batched INSERT, same rows (events/s) | bulk / baseline | single POSTs, {CONCURRENT_CLIENTS} clients (events/s) | server peak RSS (MiB) | sizes |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| backend | bulk ingest (events/s) | plain batched INSERT, same rows (events/s) \
+         | bulk / baseline | judged by the engine (events/s) | judged / bulk \
+         | single POSTs, {CONCURRENT_CLIENTS} clients (events/s) | server peak RSS (MiB) | sizes |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for figures in rows {
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {} bulk, {} single |",
+            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.1} | {} bulk, {} single |",
             figures.backend,
             figures.bulk_events_per_second,
             figures.baseline_events_per_second,
             figures.bulk_events_per_second / figures.baseline_events_per_second,
+            figures.judged_events_per_second,
+            figures.judged_events_per_second / figures.bulk_events_per_second,
             figures.single_events_per_second,
             figures.peak_memory_mib,
             figures.events,
