@@ -15,10 +15,10 @@ use super::store::{self, NewActionRequest};
 use crate::auth::{Capability, Principal};
 use crate::blocklist::parse_reason;
 use crate::error::{Error, Result};
-use crate::http::{ApiJson, ApiPath, ApiQuery, Page, PageRequest};
+use crate::http::{fetch_page, ApiJson, ApiPath, ApiQuery, Page, PageRequest};
 use crate::policy::{load_policy, PolicySettings};
 use crate::server::AppState;
-use crate::storage::{query::Param, Filter};
+use crate::storage::Filter;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -151,22 +151,19 @@ async fn list_action_requests(
         .optional(
             "action_type = ?",
             query.action_type.map(|kind| kind.as_str().into()),
-        )
-        .optional("id < ?", page.before_id.map(Param::from));
-    let sql = format!(
-        "SELECT {ACTION_COLUMNS} FROM action_requests{} ORDER BY id DESC LIMIT {}",
-        filter.where_clause(),
-        filter.next_placeholder()
-    );
-    let rows = sqlx::query_with(&sql, filter.arguments(&[Param::Int(page.fetch_limit())]))
-        .fetch_all(state.db.reader())
-        .await?;
-
-    let requests = rows
-        .iter()
-        .map(ActionRequest::from_row)
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Json(Page::from_rows(requests, page, |request| request.id)))
+        );
+    let select = &format!("SELECT {ACTION_COLUMNS} FROM action_requests");
+    let page = fetch_page(
+        state.db.reader(),
+        select,
+        "id",
+        filter,
+        page,
+        ActionRequest::from_row,
+        |request| request.id,
+    )
+    .await?;
+    Ok(Json(page))
 }
 
 /// One action request.

@@ -13,7 +13,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::auth::{Capability, Principal};
 use crate::error::Result;
-use crate::http::{ApiQuery, Page, PageRequest};
+use crate::http::{fetch_page, ApiQuery, Page, PageRequest};
 use crate::server::AppState;
 use crate::storage::query::Param;
 use crate::storage::{Filter, Tx};
@@ -103,23 +103,21 @@ async fn list_audit_entries(
     let mut filter = Filter::new();
     filter
         .optional("kind = ?", query.kind.map(Param::from))
-        .optional("actor = ?", query.actor.map(Param::from))
-        .optional("id < ?", page.before_id.map(Param::from));
-    let sql = format!(
+        .optional("actor = ?", query.actor.map(Param::from));
+    let select =
         "SELECT id, occurred_at, actor, kind, subject_type, subject_id, old_value, new_value \
-         FROM audit_log{} ORDER BY id DESC LIMIT {}",
-        filter.where_clause(),
-        filter.next_placeholder()
-    );
-    let rows = sqlx::query_with(&sql, filter.arguments(&[Param::Int(page.fetch_limit())]))
-        .fetch_all(state.db.reader())
-        .await?;
-
-    let entries = rows
-        .iter()
-        .map(entry_from_row)
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Json(Page::from_rows(entries, page, |entry| entry.id)))
+         FROM audit_log";
+    let page = fetch_page(
+        state.db.reader(),
+        select,
+        "id",
+        filter,
+        page,
+        entry_from_row,
+        |entry| entry.id,
+    )
+    .await?;
+    Ok(Json(page))
 }
 
 fn entry_from_row(row: &AnyRow) -> Result<AuditEntry> {

@@ -13,7 +13,7 @@ use super::store;
 use crate::actions::Source;
 use crate::auth::{Capability, Principal};
 use crate::error::{Error, Result};
-use crate::http::{ApiJson, ApiPath, ApiQuery, OptionalJson, Page, PageRequest};
+use crate::http::{fetch_page, ApiJson, ApiPath, ApiQuery, OptionalJson, Page, PageRequest};
 use crate::server::AppState;
 use crate::storage::{query::Param, Filter};
 use crate::time::Timestamp;
@@ -153,22 +153,19 @@ async fn list_blocks(
         .optional(
             "source = ?",
             query.source.map(|source| source.as_str().into()),
-        )
-        .optional("id < ?", page.before_id.map(Param::from));
-    let sql = format!(
-        "SELECT {BLOCK_COLUMNS} FROM blocks{} ORDER BY id DESC LIMIT {}",
-        filter.where_clause(),
-        filter.next_placeholder()
-    );
-    let rows = sqlx::query_with(&sql, filter.arguments(&[Param::Int(page.fetch_limit())]))
-        .fetch_all(state.db.reader())
-        .await?;
-
-    let blocks = rows
-        .iter()
-        .map(|row| Block::from_row(row, now))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Json(Page::from_rows(blocks, page, |block| block.id)))
+        );
+    let select = &format!("SELECT {BLOCK_COLUMNS} FROM blocks");
+    let page = fetch_page(
+        state.db.reader(),
+        select,
+        "id",
+        filter,
+        page,
+        |row| Block::from_row(row, now),
+        |block| block.id,
+    )
+    .await?;
+    Ok(Json(page))
 }
 
 /// Filters match stored values, which are canonical; so is the filter.

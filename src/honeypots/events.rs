@@ -17,7 +17,7 @@ use crate::auth::{Capability, Principal, Secret};
 use crate::blocklist::entity::parse_ip;
 use crate::detection::ThreatLevel;
 use crate::error::{Error, Result};
-use crate::http::{ApiJson, ApiQuery, Page, PageRequest};
+use crate::http::{fetch_page, ApiJson, ApiQuery, Page, PageRequest};
 use crate::server::AppState;
 use crate::storage::{self, query::Param, Filter};
 use crate::time::Timestamp;
@@ -290,25 +290,22 @@ async fn list_events(
             query.threat_level.map(|level| level.as_str().into()),
         )
         .optional("occurred_at >= ?", query.since.map(|at| at.millis().into()))
-        .optional("occurred_at < ?", query.until.map(|at| at.millis().into()))
-        .optional("id < ?", page.before_id.map(Param::from));
+        .optional("occurred_at < ?", query.until.map(|at| at.millis().into()));
     match query.processed {
         Some(true) => filter.raw("processed_at IS NOT NULL"),
         Some(false) => filter.raw("processed_at IS NULL"),
         None => &mut filter,
     };
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM honeypot_events{} ORDER BY id DESC LIMIT {}",
-        filter.where_clause(),
-        filter.next_placeholder()
-    );
-    let rows = sqlx::query_with(&sql, filter.arguments(&[Param::Int(page.fetch_limit())]))
-        .fetch_all(state.db.reader())
-        .await?;
-
-    let events = rows
-        .iter()
-        .map(HoneypotEvent::from_row)
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Json(Page::from_rows(events, page, |event| event.id)))
+    let select = &format!("SELECT {EVENT_COLUMNS} FROM honeypot_events");
+    let page = fetch_page(
+        state.db.reader(),
+        select,
+        "id",
+        filter,
+        page,
+        HoneypotEvent::from_row,
+        |event| event.id,
+    )
+    .await?;
+    Ok(Json(page))
 }

@@ -13,9 +13,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::audit::{self, Change};
 use crate::auth::{Capability, Principal, Secret};
 use crate::error::{Error, FieldError, Result};
-use crate::http::{ApiJson, ApiPath, ApiQuery, Page, PageRequest};
+use crate::http::{fetch_page, ApiJson, ApiPath, ApiQuery, Page, PageRequest};
 use crate::server::AppState;
-use crate::storage::{self, conflict_on_duplicate, query::Param, Filter, Tx};
+use crate::storage::{self, conflict_on_duplicate, Filter, Tx};
 use crate::time::Timestamp;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -280,23 +280,18 @@ async fn list_honeypots(
         Some(false) => filter.raw("deactivated_at IS NOT NULL"),
         None => &mut filter,
     };
-    filter.optional("id < ?", page.before_id.map(Param::from));
-    let sql = format!(
-        "SELECT {INSTANCE_COLUMNS} FROM honeypot_instances{} ORDER BY id DESC LIMIT {}",
-        filter.where_clause(),
-        filter.next_placeholder()
-    );
-    let rows = sqlx::query_with(&sql, filter.arguments(&[Param::Int(page.fetch_limit())]))
-        .fetch_all(state.db.reader())
-        .await?;
-
-    let instances = rows
-        .iter()
-        .map(HoneypotInstance::from_row)
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Json(Page::from_rows(instances, page, |instance| {
-        instance.id
-    })))
+    let select = &format!("SELECT {INSTANCE_COLUMNS} FROM honeypot_instances");
+    let page = fetch_page(
+        state.db.reader(),
+        select,
+        "id",
+        filter,
+        page,
+        HoneypotInstance::from_row,
+        |instance| instance.id,
+    )
+    .await?;
+    Ok(Json(page))
 }
 
 /// Deactivates a decoy: its key stops working at once. Deactivating an

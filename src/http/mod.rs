@@ -11,5 +11,5 @@ pub use extract::{
     OptionalJson, NUL_REFUSED,
 };
 pub use logging::log_request;
-pub use page::{Page, PageRequest};
+pub use page::{fetch_page, Page, PageRequest};
 pub use serve::serve;

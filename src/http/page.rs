@@ -6,6 +6,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
+use crate::storage::query::Param;
+use crate::storage::Filter;
 
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 1000;
@@ -73,4 +75,31 @@ fn decode_cursor(text: &str) -> Result<i64> {
         .and_then(|digits| digits.parse::<i64>().ok())
         .filter(|id| *id > 0)
         .ok_or_else(|| Error::BadRequest("`cursor` is not one this server issued".to_string()))
+}
+
+/// One page of `select` (a `SELECT … FROM …` without `WHERE`), filtered by
+/// `filter`, newest first by the integer column `key`: the keyset query
+/// every list shares. `read` turns a row into an item, `key_of` gives an
+/// item's key back for the cursor.
+pub async fn fetch_page<T>(
+    pool: &sqlx::AnyPool,
+    select: &str,
+    key: &str,
+    mut filter: Filter,
+    page: PageRequest,
+    read: impl Fn(&sqlx::any::AnyRow) -> Result<T>,
+    key_of: impl Fn(&T) -> i64,
+) -> Result<Page<T>> {
+    filter.optional(&format!("{key} < ?"), page.before_id.map(Param::from));
+    let sql = format!(
+        "{select}{} ORDER BY {key} DESC LIMIT {}",
+        filter.where_clause(),
+        filter.next_placeholder()
+    );
+    let rows = sqlx::query_with(&sql, filter.arguments(&[Param::Int(page.fetch_limit())]))
+        .fetch_all(pool)
+        .await?;
+
+    let items = rows.iter().map(read).collect::<Result<Vec<_>>>()?;
+    Ok(Page::from_rows(items, page, key_of))
 }

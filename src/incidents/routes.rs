@@ -13,7 +13,7 @@ use crate::auth::{Capability, Principal};
 use crate::blocklist::entity::parse_ip;
 use crate::detection::ThreatLevel;
 use crate::error::{Error, Result};
-use crate::http::{ApiJson, ApiPath, ApiQuery, Page, PageRequest};
+use crate::http::{fetch_page, ApiJson, ApiPath, ApiQuery, Page, PageRequest};
 use crate::server::AppState;
 use crate::storage::{query::Param, Filter};
 
@@ -65,22 +65,19 @@ async fn list_incidents(
             "severity = ?",
             query.severity.map(|level| level.as_str().into()),
         )
-        .optional("source_ip = ?", source_ip.map(Param::from))
-        .optional("id < ?", page.before_id.map(Param::from));
-    let sql = format!(
-        "SELECT {INCIDENT_COLUMNS} FROM incidents{} ORDER BY id DESC LIMIT {}",
-        filter.where_clause(),
-        filter.next_placeholder()
+        .optional("source_ip = ?", source_ip.map(Param::from));
+    let select = format!("SELECT {INCIDENT_COLUMNS} FROM incidents");
+    let reader = state.db.reader();
+    let rows = fetch_page(
+        reader,
+        &select,
+        "id",
+        filter,
+        page,
+        IncidentRow::from_row,
+        |row| row.id,
     );
-    let rows = sqlx::query_with(&sql, filter.arguments(&[Param::Int(page.fetch_limit())]))
-        .fetch_all(state.db.reader())
-        .await?;
-
-    let rows = rows
-        .iter()
-        .map(IncidentRow::from_row)
-        .collect::<Result<Vec<_>>>()?;
-    let page_of_rows = Page::from_rows(rows, page, |row| row.id);
+    let page_of_rows = rows.await?;
     let items = with_links(state.db.reader(), page_of_rows.items).await?;
     Ok(Json(Page {
         items,

@@ -12,9 +12,9 @@ use super::model::{AutoApprove, AutoBlock, EscalationThresholds, Mode, Policy, R
 use super::store;
 use crate::auth::{Capability, Principal};
 use crate::error::Result;
-use crate::http::{ApiJson, ApiQuery, Page, PageRequest};
+use crate::http::{fetch_page, ApiJson, ApiQuery, Page, PageRequest};
 use crate::server::AppState;
-use crate::storage::{self, query::Param, Filter};
+use crate::storage::{self, Filter};
 use crate::time::Timestamp;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -126,31 +126,26 @@ async fn list_policy_history(
     principal.require(Capability::ReadSecurityState)?;
     let page = PageRequest::parse(query.limit, query.cursor.as_deref())?;
 
-    let mut filter = Filter::new();
-    filter.optional("version < ?", page.before_id.map(Param::from));
-    let sql = format!(
-        "SELECT version, changed_at, changed_by, document, changes FROM policy_history{} \
-         ORDER BY version DESC LIMIT {}",
-        filter.where_clause(),
-        filter.next_placeholder()
+    let select = "SELECT version, changed_at, changed_by, document, changes FROM policy_history";
+    let reader = state.db.reader();
+    let versions = fetch_page(
+        reader,
+        select,
+        "version",
+        Filter::new(),
+        page,
+        version_from_row,
+        |version| version.version,
     );
-    let rows = sqlx::query_with(&sql, filter.arguments(&[Param::Int(page.fetch_limit())]))
-        .fetch_all(state.db.reader())
-        .await?;
+    Ok(Json(versions.await?))
+}
 
-    let versions = rows
-        .iter()
-        .map(|row| {
-            Ok(PolicyVersion {
-                version: row.try_get("version")?,
-                changed_at: storage::timestamp(row, "changed_at")?,
-                changed_by: row.try_get("changed_by")?,
-                changes: storage::json(row, "changes")?,
-                policy: storage::json(row, "document")?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Json(Page::from_rows(versions, page, |version| {
-        version.version
-    })))
+fn version_from_row(row: &sqlx::any::AnyRow) -> Result<PolicyVersion> {
+    Ok(PolicyVersion {
+        version: row.try_get("version")?,
+        changed_at: storage::timestamp(row, "changed_at")?,
+        changed_by: row.try_get("changed_by")?,
+        changes: storage::json(row, "changes")?,
+        policy: storage::json(row, "document")?,
+    })
 }
