@@ -10,7 +10,6 @@
 //! means a record should carry its `occurred_at`.
 
 use axum::extract::{FromRequest, Request, State};
-use axum::http::header;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -20,7 +19,7 @@ use super::formats::{map_record, Format, Mapped};
 use super::key::AuthenticatedHoneypot;
 use super::writer::PendingEvent;
 use crate::error::{Error, Result};
-use crate::http::{path_of_nul, read_body, ApiQuery, NUL_REFUSED};
+use crate::http::{media_type, path_of_nul, read_body, ApiQuery, NUL_REFUSED};
 use crate::server::AppState;
 use crate::time::Timestamp;
 
@@ -60,19 +59,7 @@ impl FromRequest<AppState> for BulkBody {
     type Rejection = Error;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self> {
-        let media_type = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .map(|value| {
-                value
-                    .split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            })
-            .unwrap_or_default();
+        let media_type = media_type(request.headers()).unwrap_or_default();
         let accepted = [
             "application/json",
             "application/x-ndjson",

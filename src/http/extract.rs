@@ -56,19 +56,16 @@ pub async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<By
         })
 }
 
+/// The request's media type, lower-cased and without parameters such as
+/// `charset`; `None` without a (readable) `Content-Type`.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = value.split(';').next().unwrap_or("");
+    Some(essence.trim().to_ascii_lowercase())
+}
+
 fn ensure_json_media_type(headers: &HeaderMap) -> Result<()> {
-    let media_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .map(|value| {
-            value
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
-    match media_type {
+    match media_type(headers) {
         Some(kind) if kind == "application/json" || kind.ends_with("+json") => Ok(()),
         Some(kind) => Err(Error::UnsupportedMediaType(format!(
             "expected `application/json`, got `{kind}`"

@@ -7,7 +7,7 @@ mod page;
 mod serve;
 
 pub use extract::{
-    deserialize_value, parse_json, path_of_nul, read_body, ApiJson, ApiPath, ApiQuery,
+    deserialize_value, media_type, parse_json, path_of_nul, read_body, ApiJson, ApiPath, ApiQuery,
     OptionalJson, NUL_REFUSED,
 };
 pub use logging::log_request;
