@@ -3,6 +3,7 @@
 //! `block_entity` request as `heimdall`, for a duration that grows with each
 //! repeat offence up to the policy's cap.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use sqlx::Row;
@@ -96,6 +97,77 @@ pub async fn consider(
         "auto-block requested"
     );
     Ok(Some(filed))
+}
+
+/// Sources in this batch that might cross the threshold: those with a
+/// critical event, and those whose counted events, over the widest window
+/// the batch can touch, reach the threshold. One grouped query for the whole
+/// batch; a source below the threshold over that span cannot reach it in
+/// any narrower window, so the precise look (`find_trigger`) is left to the
+/// few that remain.
+pub async fn sources_near_threshold(
+    tx: &mut Tx,
+    policy: &PolicySettings,
+    groups: &BTreeMap<&str, Vec<JudgedEvent>>,
+) -> Result<BTreeSet<String>> {
+    let rule = &policy.auto_block;
+    let mut suspects: BTreeSet<String> = groups
+        .iter()
+        .filter(|(_, events)| {
+            events
+                .iter()
+                .any(|event| event.threat_level == ThreatLevel::Critical)
+        })
+        .map(|(source, _)| source.to_string())
+        .collect();
+    if !rule.enabled {
+        return Ok(suspects);
+    }
+    let counted: Vec<&JudgedEvent> = groups
+        .values()
+        .flatten()
+        .filter(|event| event.threat_level > ThreatLevel::Info)
+        .collect();
+    let (Some(earliest), Some(latest), Some(last_id)) = (
+        counted.iter().map(|event| event.occurred_at).min(),
+        counted.iter().map(|event| event.occurred_at).max(),
+        groups.values().flatten().map(|event| event.id).max(),
+    ) else {
+        return Ok(suspects);
+    };
+    let sources: Vec<&str> = groups
+        .iter()
+        .filter(|(_, events)| {
+            events
+                .iter()
+                .any(|event| event.threat_level > ThreatLevel::Info)
+        })
+        .map(|(source, _)| *source)
+        .collect();
+
+    for chunk in sources.chunks(500) {
+        let placeholders: Vec<String> = (4..chunk.len() + 4).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT source_ip, COUNT(*) AS counted FROM honeypot_events \
+             WHERE threat_level <> 'info' AND id <= $1 AND occurred_at > $2 \
+               AND occurred_at <= $3 AND source_ip IN ({}) \
+             GROUP BY source_ip",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(last_id)
+            .bind(earliest.minus_seconds(rule.window_seconds).millis())
+            .bind(latest.millis());
+        for source in chunk {
+            query = query.bind(source.to_string());
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            if row.try_get::<i64, _>("counted")? >= rule.threshold_events {
+                suspects.insert(row.try_get("source_ip")?);
+            }
+        }
+    }
+    Ok(suspects)
 }
 
 enum Trigger {

@@ -100,14 +100,23 @@ impl Engine {
         }
 
         let policy = load_policy(&mut *tx).await?;
+        let groups = by_source(&events);
+        let activities: Vec<SourceActivity> = groups
+            .iter()
+            .map(|(source, events)| activity_of(source, events))
+            .collect();
+        let incident_of = incidents::record_activities(&mut tx, now, &activities).await?;
+        let suspects =
+            auto_block::sources_near_threshold(&mut tx, &policy.settings, &groups).await?;
         let mut filed = Vec::new();
-        for (source_ip, events) in by_source(&events) {
-            let activity = activity_of(source_ip, &events);
-            let incident = incidents::record_source_events(&mut tx, now, &activity).await?;
-            let request = auto_block::consider(&mut tx, now, &policy.settings, &events).await?;
+        for (source_ip, events) in groups
+            .iter()
+            .filter(|(source, _)| suspects.contains(**source))
+        {
+            let request = auto_block::consider(&mut tx, now, &policy.settings, events).await?;
             if let Some(request) = request {
-                if let Some(incident) = incident {
-                    incidents::link_action_request(&mut tx, incident, request.request.id).await?;
+                if let Some(incident) = incident_of.get(*source_ip) {
+                    incidents::link_action_request(&mut tx, *incident, request.request.id).await?;
                 }
                 filed.push(request);
             }
@@ -133,7 +142,7 @@ impl Engine {
             if let Err(error) =
                 actions::execute_action_request(&self.db, now, id, AUTO_APPROVER, None).await
             {
-                tracing::warn!(action_request.id = id, %error, "auto-approved request not executed");
+                tracing::warn!(action_request.id = id, %error, "auto-approved request failed");
             }
         }
     }

@@ -26,64 +26,142 @@ pub struct SourceActivity {
     pub honeypot_ids: BTreeSet<i64>,
 }
 
-/// Adds `activity` to the source's active incident, or opens one. Activity
+/// Sources per statement when many are looked up or written at once; keeps
+/// the bound parameters far below both engines' limits.
+const SOURCES_PER_STATEMENT: usize = 500;
+
+/// Adds each source's activity to its active incident, or opens one, with a
+/// handful of statements per batch rather than several per source. Activity
 /// that is only informational (connections) extends an incident but never
-/// opens one. Returns the incident's id, if there is one.
-pub async fn record_source_events(
+/// opens one. Returns the incident of each source that has one.
+pub async fn record_activities(
     tx: &mut Tx,
     now: Timestamp,
-    activity: &SourceActivity,
-) -> Result<Option<i64>> {
-    let active_since = activity.first_seen_at.minus_seconds(INCIDENT_QUIET_SECONDS);
-    let sql = format!(
-        "SELECT {INCIDENT_COLUMNS} FROM incidents \
-         WHERE source_ip = $1 AND status <> 'resolved' AND last_seen_at >= $2 \
-         ORDER BY id DESC LIMIT 1"
-    );
-    let current = sqlx::query(&sql)
-        .bind(&activity.source_ip)
-        .bind(active_since.millis())
-        .fetch_optional(&mut **tx)
-        .await?;
-
-    let id = match current {
-        Some(row) => extend_incident(tx, now, IncidentRow::from_row(&row)?, activity).await?,
-        None if activity.worst == ThreatLevel::Info => return Ok(None),
-        None => open_incident(tx, now, activity).await?,
-    };
-    for honeypot_id in &activity.honeypot_ids {
-        link(tx, id, "honeypot", *honeypot_id).await?;
+    activities: &[SourceActivity],
+) -> Result<BTreeMap<String, i64>> {
+    let current = active_incidents(tx, activities).await?;
+    let mut incidents = BTreeMap::new();
+    let mut new_incidents = Vec::new();
+    for activity in activities {
+        match current.get(&activity.source_ip) {
+            Some(row) => {
+                incidents.insert(activity.source_ip.clone(), row.id);
+                extend_incident(tx, now, row, activity).await?;
+            }
+            None if activity.worst == ThreatLevel::Info => {}
+            None => new_incidents.push(activity),
+        }
     }
-    Ok(Some(id))
+    for chunk in new_incidents.chunks(SOURCES_PER_STATEMENT) {
+        incidents.extend(open_incidents(tx, now, chunk).await?);
+    }
+
+    let links: Vec<(i64, i64)> = activities
+        .iter()
+        .filter_map(|activity| Some((*incidents.get(&activity.source_ip)?, activity)))
+        .flat_map(|(incident, activity)| {
+            activity
+                .honeypot_ids
+                .iter()
+                .map(move |honeypot| (incident, *honeypot))
+        })
+        .collect();
+    for chunk in links.chunks(SOURCES_PER_STATEMENT) {
+        link_honeypots(tx, chunk).await?;
+    }
+    Ok(incidents)
 }
 
-async fn open_incident(tx: &mut Tx, now: Timestamp, activity: &SourceActivity) -> Result<i64> {
-    let row = sqlx::query(
+/// Each source's newest unresolved incident that its new activity falls
+/// within (at most `INCIDENT_QUIET_SECONDS` after the incident's last event).
+async fn active_incidents(
+    tx: &mut Tx,
+    activities: &[SourceActivity],
+) -> Result<BTreeMap<String, IncidentRow>> {
+    let mut current: BTreeMap<String, IncidentRow> = BTreeMap::new();
+    for chunk in activities.chunks(SOURCES_PER_STATEMENT) {
+        let earliest = chunk.iter().map(|activity| activity.first_seen_at).min();
+        let since = earliest
+            .expect("a chunk is not empty")
+            .minus_seconds(INCIDENT_QUIET_SECONDS);
+        let placeholders: Vec<String> = (2..chunk.len() + 2).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents \
+             WHERE status <> 'resolved' AND last_seen_at >= $1 AND source_ip IN ({}) \
+             ORDER BY id",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(since.millis());
+        for activity in chunk {
+            query = query.bind(activity.source_ip.clone());
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            let row = IncidentRow::from_row(&row)?;
+            current.insert(row.source_ip.clone(), row);
+        }
+    }
+    let by_source: BTreeMap<&str, &SourceActivity> = activities
+        .iter()
+        .map(|activity| (activity.source_ip.as_str(), activity))
+        .collect();
+    current.retain(|source, row| {
+        let activity = by_source[source.as_str()];
+        row.last_seen_at >= activity.first_seen_at.minus_seconds(INCIDENT_QUIET_SECONDS)
+    });
+    Ok(current)
+}
+
+/// One multi-row INSERT for the sources that need a new incident.
+async fn open_incidents(
+    tx: &mut Tx,
+    now: Timestamp,
+    activities: &[&SourceActivity],
+) -> Result<Vec<(String, i64)>> {
+    const COLUMNS: usize = 8;
+    let rows: Vec<String> = (0..activities.len())
+        .map(|row| {
+            let mut values: Vec<String> = (1..=COLUMNS)
+                .map(|column| format!("${}", row * COLUMNS + column))
+                .collect();
+            values.insert(2, "'open'".to_string());
+            format!("({})", values.join(", "))
+        })
+        .collect();
+    let sql = format!(
         "INSERT INTO incidents (source_ip, severity, status, event_count, first_seen_at, \
              last_seen_at, type_counts, created_at, updated_at) \
-         VALUES ($1, $2, 'open', $3, $4, $5, $6, $7, $7) RETURNING id",
-    )
-    .bind(&activity.source_ip)
-    .bind(activity.worst.as_str())
-    .bind(activity.event_count)
-    .bind(activity.first_seen_at.millis())
-    .bind(activity.last_seen_at.millis())
-    .bind(serde_json::to_string(&activity.type_counts).expect("counts serialise"))
-    .bind(now.millis())
-    .fetch_one(&mut **tx)
-    .await?;
-    let id: i64 = row.try_get("id")?;
-    tracing::info!(incident.id = id, source_ip = %activity.source_ip, "incident opened");
-    Ok(id)
+         VALUES {} RETURNING id, source_ip",
+        rows.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for activity in activities {
+        query = query
+            .bind(activity.source_ip.clone())
+            .bind(activity.worst.as_str())
+            .bind(activity.event_count)
+            .bind(activity.first_seen_at.millis())
+            .bind(activity.last_seen_at.millis())
+            .bind(serde_json::to_string(&activity.type_counts).expect("counts serialise"))
+            .bind(now.millis())
+            .bind(now.millis());
+    }
+    let opened = query
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get("source_ip")?, row.try_get("id")?)))
+        .collect::<Result<Vec<(String, i64)>>>()?;
+    tracing::info!(incidents = opened.len(), "incidents opened");
+    Ok(opened)
 }
 
 async fn extend_incident(
     tx: &mut Tx,
     now: Timestamp,
-    current: IncidentRow,
+    current: &IncidentRow,
     activity: &SourceActivity,
-) -> Result<i64> {
-    let mut type_counts = current.type_counts;
+) -> Result<()> {
+    let mut type_counts = current.type_counts.clone();
     for (kind, count) in &activity.type_counts {
         *type_counts.entry(kind.clone()).or_default() += count;
     }
@@ -101,7 +179,25 @@ async fn extend_incident(
     .bind(current.id)
     .execute(&mut **tx)
     .await?;
-    Ok(current.id)
+    Ok(())
+}
+
+/// Links `(incident, honeypot)` pairs in one statement.
+async fn link_honeypots(tx: &mut Tx, pairs: &[(i64, i64)]) -> Result<()> {
+    let values: Vec<String> = (0..pairs.len())
+        .map(|row| format!("(${}, 'honeypot', ${})", row * 2 + 1, row * 2 + 2))
+        .collect();
+    let sql = format!(
+        "INSERT INTO incident_links (incident_id, kind, ref_id) VALUES {} \
+         ON CONFLICT (incident_id, kind, ref_id) DO NOTHING",
+        values.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for (incident, honeypot) in pairs {
+        query = query.bind(*incident).bind(*honeypot);
+    }
+    query.execute(&mut **tx).await?;
+    Ok(())
 }
 
 /// Records that incident `incident_id` led to action request `request_id`.
