@@ -129,7 +129,21 @@ pub async fn issue_token(
     })
 }
 
+/// Names the service signs its own changes with. A token may not take one,
+/// or a person's change would pass for the service's: the escalation, for
+/// one, leaves alone a mode that a person set, and tells by this name.
+const RESERVED_NAMES: &[&str] = &["system", "heimdall", "bootstrap", "policy:auto_approve"];
+
 fn validate_name(name: &str) -> Result<()> {
+    if RESERVED_NAMES
+        .iter()
+        .any(|reserved| reserved.eq_ignore_ascii_case(name))
+    {
+        return Err(Error::invalid_field(
+            "name",
+            format!("`{name}` is reserved for the service's own changes"),
+        ));
+    }
     let valid = !name.is_empty()
         && name.len() <= 100
         && name

@@ -195,12 +195,13 @@ async fn extend_block(
 }
 
 /// Closes an expired block at its expiry instant, so that a new block of the
-/// same entity can be created.
+/// same entity can be created. Of the sweep and a new block of the entity
+/// racing to close it, only the one whose update changed the row records it.
 async fn retire_expired_block(tx: &mut Tx, expired: &Block) -> Result<()> {
     let Some(expired_at) = expired.expires_at else {
         return Ok(());
     };
-    sqlx::query(
+    let retired = sqlx::query(
         "UPDATE blocks SET deactivated_at = $1, deactivated_by = 'system', \
              deactivation_reason = 'expired' \
          WHERE id = $2 AND deactivated_at IS NULL",
@@ -209,6 +210,9 @@ async fn retire_expired_block(tx: &mut Tx, expired: &Block) -> Result<()> {
     .bind(expired.id)
     .execute(&mut **tx)
     .await?;
+    if retired.rows_affected() == 0 {
+        return Ok(());
+    }
     let change = Change {
         actor: "system",
         kind: "block.expired",

@@ -158,8 +158,14 @@ async fn file_mode_request(
 /// Whether the latest change to the mode, or to automatic escalation, left
 /// the mode in the engine's hands (see the module documentation).
 async fn managed_automatically(tx: &mut Tx) -> Result<bool> {
+    // Only versions that changed one of the two fields can decide, however
+    // many other changes came after them. `changes` is compact JSON keyed by
+    // field, so matching the key's text finds those versions on both
+    // databases; the loop below reads each one properly.
     let rows = sqlx::query(
-        "SELECT changed_by, changes FROM policy_history ORDER BY version DESC LIMIT 200",
+        "SELECT changed_by, changes FROM policy_history \
+         WHERE changes LIKE '%\"mode\":%' OR changes LIKE '%\"auto_escalation_enabled\":%' \
+         ORDER BY version DESC LIMIT 200",
     )
     .fetch_all(&mut **tx)
     .await?;

@@ -9,6 +9,7 @@ mod support;
 mod actions;
 mod blocklist;
 mod cowrie_sample;
+mod detection;
 mod errors;
 mod field_cases;
 mod honeypots;

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
@@ -177,14 +178,8 @@ impl TestApp {
     pub async fn start(backend: Backend) -> Self {
         let (database, database_url) = create_database(backend).await;
         let admin_token = Secret::generate("vh_test_");
-        let mut settings = ServeSettings::for_database(&database_url, "127.0.0.1:0");
-        settings.admin_token = Some(admin_token.clone());
-        settings.max_body_bytes = 64 * 1024;
-        settings.bulk_max_bytes = 256 * 1024;
         let clock = ManualClock::starting_at(now_rounded());
-        let server = valhalla::server::start(&settings, Arc::new(clock.clone()))
-            .await
-            .expect("the server starts");
+        let server = serve(&database_url, &admin_token, &clock).await;
         TestApp {
             backend,
             base_url: format!("http://{}", server.address),
@@ -201,6 +196,42 @@ impl TestApp {
     pub async fn stop(mut self) {
         if let Some(server) = self.server.take() {
             server.stop().await;
+        }
+    }
+
+    /// Stops the server and starts a new one on the same database and clock,
+    /// as a restarted process would; the detection engine stops at once,
+    /// whatever it was judging.
+    pub async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+        let admin_token = Secret::new(self.admin_token.clone());
+        let server = serve(&self.database_url, &admin_token, &self.clock).await;
+        self.base_url = format!("http://{}", server.address);
+        self.server = Some(server);
+    }
+
+    /// Returns once the detection engine has judged every stored event and
+    /// executed every request the policy approved, as the dashboard reports
+    /// it; fails after ten seconds. The engine works beside the requests, so
+    /// this polls, briefly. A request a person approved but did not execute
+    /// keeps it waiting, so execute those first.
+    pub async fn wait_for_engine(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let dashboard = self.admin_get("/security/dashboard").await.expect(200);
+            let unprocessed = &dashboard.body["honeypots"]["unprocessed"];
+            let approved = &dashboard.body["actions"]["by_status"]["approved"];
+            if *unprocessed == json!(0) && *approved == json!(0) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the engine did not catch up in 10 s: {unprocessed} events unprocessed, \
+                 {approved} requests approved but not executed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -323,7 +354,10 @@ impl TestApp {
     pub async fn post_bulk(&self, key: &str, format: &str, body: impl Into<Vec<u8>>) -> Reply {
         let request = self
             .http
-            .post(format!("{}/security/honeypot/events/bulk?format={format}", self.base_url))
+            .post(format!(
+                "{}/security/honeypot/events/bulk?format={format}",
+                self.base_url
+            ))
             .header("X-HONEYPOT-KEY", key)
             .header(CONTENT_TYPE, "application/x-ndjson")
             .body(body.into());
@@ -334,6 +368,17 @@ impl TestApp {
     pub async fn update_policy(&self, changes: Value) -> Reply {
         self.admin_post("/security/policy/", changes).await
     }
+}
+
+/// Starts a server on `database_url` with the test's limits.
+async fn serve(database_url: &str, admin_token: &Secret, clock: &ManualClock) -> RunningServer {
+    let mut settings = ServeSettings::for_database(database_url, "127.0.0.1:0");
+    settings.admin_token = Some(admin_token.clone());
+    settings.max_body_bytes = 64 * 1024;
+    settings.bulk_max_bytes = 256 * 1024;
+    valhalla::server::start(&settings, Arc::new(clock.clone()))
+        .await
+        .expect("the server starts")
 }
 
 async fn into_reply(response: reqwest::Response) -> Reply {
