@@ -5,10 +5,14 @@ use serde_json::{json, Value};
 
 use crate::support::{encode, Reply, TestApp};
 
-const COWRIE_LOG: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/honeypot/cowrie/cowrie.json");
-const OPENCANARY_LOG: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/honeypot/opencanary/opencanary.log");
+const COWRIE_LOG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/data/honeypot/cowrie/cowrie.json"
+);
+const OPENCANARY_LOG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/data/honeypot/opencanary/opencanary.log"
+);
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{path}: {error}"))
@@ -19,7 +23,10 @@ fn non_blank_lines(text: &str) -> usize {
 }
 
 fn rejected_count(reply: &Reply) -> usize {
-    reply.body["rejected"].as_array().expect("a rejected list").len()
+    reply.body["rejected"]
+        .as_array()
+        .expect("a rejected list")
+        .len()
 }
 
 /// Every stored event of one source, all pages.
