@@ -230,7 +230,8 @@ async fn measure_judging(
 }
 
 /// The same rows through a plain batched INSERT with the same driver:
-/// 500 rows a statement, `BATCH_LINES` rows a transaction, no parsing, no
+/// 32 rows a statement (as the server writes them), `BATCH_LINES` rows a
+/// transaction, no parsing, no
 /// classification, no HTTP.
 async fn measure_baseline(database_url: &str, backend: &str, lines: &[String]) -> f64 {
     let pool = AnyPoolOptions::new().max_connections(1);
@@ -263,7 +264,7 @@ async fn measure_baseline(database_url: &str, backend: &str, lines: &[String]) -
     let started = Instant::now();
     for batch in rows.chunks(BATCH_LINES) {
         let mut tx = pool.begin().await.unwrap();
-        for chunk in batch.chunks(500) {
+        for chunk in batch.chunks(32) {
             let placeholders: Vec<String> = (0..chunk.len())
                 .map(|row| {
                     let numbers: Vec<String> = (1..=15)

