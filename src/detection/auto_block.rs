@@ -145,7 +145,7 @@ pub async fn sources_near_threshold(
         .map(|(source, _)| *source)
         .collect();
 
-    for chunk in sources.chunks(500) {
+    for chunk in sources.chunks(crate::incidents::SOURCES_PER_STATEMENT) {
         let placeholders: Vec<String> = (4..chunk.len() + 4).map(|n| format!("${n}")).collect();
         let sql = format!(
             "SELECT source_ip, COUNT(*) AS counted FROM honeypot_events \

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use super::{auto_block, escalation, ThreatLevel};
 use crate::actions::{self, FiledRequest, AUTO_APPROVER};
-use crate::blocklist;
+use crate::blocklist::{self, SharedIndex};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::incidents::{self, SourceActivity};
@@ -56,11 +56,17 @@ pub struct Engine {
     db: Db,
     clock: Arc<dyn Clock>,
     wake: Arc<Notify>,
+    blocklist: SharedIndex,
 }
 
 impl Engine {
-    pub fn new(db: Db, clock: Arc<dyn Clock>, wake: Arc<Notify>) -> Self {
-        Self { db, clock, wake }
+    pub fn new(db: Db, clock: Arc<dyn Clock>, wake: Arc<Notify>, blocklist: SharedIndex) -> Self {
+        Self {
+            db,
+            clock,
+            wake,
+            blocklist,
+        }
     }
 
     /// Runs until the task is aborted. Errors are logged and retried on the
@@ -139,9 +145,15 @@ impl Engine {
         for request in filed.into_iter().filter(|filed| filed.auto_approved) {
             let id = request.request.id;
             let now = self.clock.now();
-            if let Err(error) =
-                actions::execute_action_request(&self.db, now, id, AUTO_APPROVER, None).await
-            {
+            let executed = actions::execute_action_request(
+                &self.db,
+                &self.blocklist,
+                now,
+                id,
+                AUTO_APPROVER,
+                None,
+            );
+            if let Err(error) = executed.await {
                 tracing::warn!(action_request.id = id, %error, "auto-approved request failed");
             }
         }
@@ -152,7 +164,15 @@ impl Engine {
     async fn execute_auto_approved(&self) -> Result<()> {
         for id in actions::auto_approved_backlog(&self.db).await? {
             let now = self.clock.now();
-            match actions::execute_action_request(&self.db, now, id, AUTO_APPROVER, None).await {
+            let executed = actions::execute_action_request(
+                &self.db,
+                &self.blocklist,
+                now,
+                id,
+                AUTO_APPROVER,
+                None,
+            );
+            match executed.await {
                 Ok(_) | Err(Error::Conflict(_)) => {}
                 Err(error) => return Err(error),
             }
@@ -163,7 +183,8 @@ impl Engine {
     /// What does not wait for events: expiry and stepping the mode down.
     pub async fn tick(&self) -> Result<()> {
         let now = self.clock.now();
-        blocklist::expire_due_blocks(&self.db, now).await?;
+        let expired = blocklist::expire_due_blocks(&self.db, now).await?;
+        self.blocklist.apply(expired);
 
         let mut tx = self.db.begin().await?;
         if !self.holds_engine_lock(&mut tx).await? {
@@ -252,6 +273,11 @@ fn activity_of(source_ip: &str, events: &[JudgedEvent]) -> SourceActivity {
     }
 }
 
+/// Marks exactly the judged events (by id, not by range: on a shared
+/// PostgreSQL an event inside the range may have committed after the batch
+/// was read). The ids are integers read from the database, written into the
+/// statement; it is not kept in the prepared-statement cache, where every
+/// batch would evict a useful entry.
 async fn mark_processed(tx: &mut Tx, now: Timestamp, events: &[JudgedEvent]) -> Result<()> {
     for chunk in events.chunks(500) {
         let ids: Vec<String> = chunk.iter().map(|event| event.id.to_string()).collect();
@@ -260,6 +286,7 @@ async fn mark_processed(tx: &mut Tx, now: Timestamp, events: &[JudgedEvent]) -> 
             ids.join(", ")
         );
         sqlx::query(&sql)
+            .persistent(false)
             .bind(now.millis())
             .execute(&mut **tx)
             .await?;
