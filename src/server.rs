@@ -33,6 +33,9 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Where honeypot events are written, in shared transactions.
     pub events: EventWriter,
+    /// The active blocklist in memory, which checks read; every change
+    /// applies to it after its transaction commits.
+    pub blocklist: blocklist::SharedIndex,
 }
 
 /// Every path of the API, in one place: each domain contributes its routes.
@@ -138,12 +141,15 @@ pub async fn start(settings: &ServeSettings, clock: Arc<dyn Clock>) -> Result<Ru
         .map_err(|error| Error::Internal(error.to_string()))?;
     let stored = Arc::new(Notify::new());
     let events = EventWriter::start(db.clone(), stored.clone());
-    let engine = tokio::spawn(Engine::new(db.clone(), clock.clone(), stored).run());
+    let index = blocklist::SharedIndex::load(&db, clock.now()).await?;
+    let engine = Engine::new(db.clone(), clock.clone(), stored, index.clone());
+    let engine = tokio::spawn(engine.run());
     let app = router(
         AppState {
             db: db.clone(),
             clock,
             events,
+            blocklist: index,
         },
         settings,
     );

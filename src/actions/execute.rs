@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use super::model::{ActionRequest, ActionStatus};
 use super::payload::{ActionPayload, UnblockTarget};
 use super::store::{self, audit_transition};
-use crate::blocklist::{self, NewBlock};
+use crate::blocklist::{self, BlockChanges, NewBlock, SharedIndex};
 use crate::error::{Error, Result};
 use crate::policy::{self, load_policy};
 use crate::storage::{Db, Tx};
@@ -14,8 +14,10 @@ use crate::time::Timestamp;
 
 /// Executes request `id`, which must be approved (else 409). Returns the
 /// request as `executed` with its result, or as `failed` with the reason.
+/// What it did to the blocklist reaches `blocklist` once it has committed.
 pub async fn execute_action_request(
     db: &Db,
+    blocklist: &SharedIndex,
     now: Timestamp,
     id: i64,
     actor: &str,
@@ -24,7 +26,7 @@ pub async fn execute_action_request(
     let mut tx = db.begin().await?;
     let claimed = store::claim_for_execution(&mut tx, now, id, notes).await?;
     match apply_effect(&mut tx, now, &claimed).await {
-        Ok(result) => {
+        Ok((result, changes)) => {
             store::record_result(&mut tx, id, &result).await?;
             let executed = ActionRequest {
                 result: Some(result),
@@ -32,6 +34,7 @@ pub async fn execute_action_request(
             };
             audit_transition(&mut tx, now, &executed, ActionStatus::Approved, actor).await?;
             tx.commit().await?;
+            blocklist.apply(changes);
             Ok(executed)
         }
         Err(error) if is_refusal(&error) => {
@@ -74,8 +77,13 @@ async fn record_failure(
 }
 
 /// Applies the request's payload; the payload is parsed again because the
-/// policy may have changed since the request was filed.
-async fn apply_effect(tx: &mut Tx, now: Timestamp, request: &ActionRequest) -> Result<Value> {
+/// policy may have changed since the request was filed. Returns the result
+/// and what changed in the blocklist, for the index after commit.
+async fn apply_effect(
+    tx: &mut Tx,
+    now: Timestamp,
+    request: &ActionRequest,
+) -> Result<(Value, BlockChanges)> {
     let policy = load_policy(&mut **tx).await?;
     let payload = ActionPayload::parse(
         request.action_type,
@@ -99,7 +107,8 @@ async fn apply_effect(tx: &mut Tx, now: Timestamp, request: &ActionRequest) -> R
                 action_request_id: Some(request.id),
             };
             let outcome = blocklist::block_entity(tx, now, new_block).await?;
-            Ok(json!({"block_id": outcome.block().id}))
+            let changes = BlockChanges::of(outcome.block());
+            Ok((json!({"block_id": outcome.block().id}), changes))
         }
         ActionPayload::UnblockEntity(target) => {
             let block_id = match target {
@@ -118,15 +127,21 @@ async fn apply_effect(tx: &mut Tx, now: Timestamp, request: &ActionRequest) -> R
             let block =
                 blocklist::deactivate_block(tx, now, block_id, &request.requested_by, &reason)
                     .await?;
-            Ok(json!({"block_id": block.id}))
+            Ok((json!({"block_id": block.id}), BlockChanges::of(&block)))
         }
         ActionPayload::SetMode(mode) => {
             let policy = policy::set_mode(tx, now, &request.requested_by, mode).await?;
-            Ok(json!({"mode": policy.settings.mode, "policy_version": policy.version}))
+            let result = json!({"mode": policy.settings.mode, "policy_version": policy.version});
+            Ok((result, BlockChanges::new()))
         }
         ActionPayload::UpdatePolicy(changes) => {
+            let allowlist_changed = changes.contains_key("allowlist");
             let policy = policy::update_policy(tx, now, &request.requested_by, changes).await?;
-            Ok(json!({"policy_version": policy.version}))
+            let mut blocks = BlockChanges::new();
+            if allowlist_changed {
+                blocks.record_allowlist(&policy.settings.allowlist);
+            }
+            Ok((json!({"policy_version": policy.version}), blocks))
         }
     }
 }

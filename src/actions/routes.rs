@@ -66,7 +66,7 @@ async fn create_action_request(
         requested_by: principal.name.clone(),
     };
 
-    let request = store::file_action_request(&state.db, now, new_request).await?;
+    let request = store::file_action_request(&state.db, &state.blocklist, now, new_request).await?;
 
     Ok((StatusCode::CREATED, Json(request)))
 }
@@ -225,7 +225,8 @@ async fn transition_action_request(
             rejected
         }
         ActionStatus::Executed => {
-            execute_action_request(&state.db, now, id, &principal.name, notes).await?
+            let index = &state.blocklist;
+            execute_action_request(&state.db, index, now, id, &principal.name, notes).await?
         }
         ActionStatus::Pending | ActionStatus::Failed => {
             let current = store::find_action_request(state.db.reader(), id).await?;

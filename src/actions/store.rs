@@ -12,6 +12,7 @@ use super::execute::execute_action_request;
 use super::model::{ActionRequest, ActionStatus, ActionType, Source, ACTION_COLUMNS};
 use super::payload::ActionPayload;
 use crate::audit::{self, Change};
+use crate::blocklist::SharedIndex;
 use crate::error::{Error, Result};
 use crate::policy::load_policy;
 use crate::storage::{Db, Tx};
@@ -34,6 +35,7 @@ pub const AUTO_APPROVER: &str = "policy:auto_approve";
 /// mode, it is approved and executed at once and returned in its final state.
 pub async fn file_action_request(
     db: &Db,
+    blocklist: &SharedIndex,
     now: Timestamp,
     new: NewActionRequest,
 ) -> Result<ActionRequest> {
@@ -42,7 +44,8 @@ pub async fn file_action_request(
     tx.commit().await?;
 
     if filed.auto_approved {
-        return execute_action_request(db, now, filed.request.id, AUTO_APPROVER, None).await;
+        let id = filed.request.id;
+        return execute_action_request(db, blocklist, now, id, AUTO_APPROVER, None).await;
     }
     Ok(filed.request)
 }

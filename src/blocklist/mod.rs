@@ -3,11 +3,13 @@
 //! can override.
 
 pub mod entity;
+mod index;
 mod model;
 mod routes;
 mod store;
 
 pub use entity::{Entity, EntityType, Network};
+pub use index::{BlockChanges, BlocklistIndex, SharedIndex};
 pub use model::{Block, BlockOutcome, NewBlock, BLOCK_COLUMNS};
 pub use routes::{parse_reason, router};
 pub use store::{

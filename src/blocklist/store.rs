@@ -3,6 +3,7 @@
 use sqlx::{Any, Executor, Row};
 
 use super::entity::{range_key, Entity, Network};
+use super::index::BlockChanges;
 use super::model::{Block, BlockOutcome, NewBlock, BLOCK_COLUMNS};
 use crate::audit::{self, Change};
 use crate::error::{Error, Result};
@@ -309,34 +310,39 @@ pub async fn deactivate_allowlisted(
     Ok(())
 }
 
-/// Active blocks that match an address: its own `ip` block and every
-/// `cidr` block containing it.
-pub async fn matching_address_blocks<'e, E: Executor<'e, Database = Any>>(
+/// The active blocks among `ids`, newest first: the full records of what
+/// the index matched. A block ended since the index was read is left out.
+/// No ids, no query.
+pub async fn active_blocks_by_id<'e, E: Executor<'e, Database = Any>>(
     executor: E,
-    address: std::net::IpAddr,
+    ids: &[i64],
     now: Timestamp,
 ) -> Result<Vec<Block>> {
-    let network = Network::host(address);
-    let (point, _) = network.range();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
     let sql = format!(
-        "SELECT {BLOCK_COLUMNS} FROM blocks \
-         WHERE deactivated_at IS NULL AND (expires_at IS NULL OR expires_at > $1) \
-           AND family = $2 AND range_start <= $3 AND range_end >= $3 \
-         ORDER BY id DESC"
+        "SELECT {BLOCK_COLUMNS} FROM blocks WHERE id IN ({}) ORDER BY id DESC",
+        placeholders.join(", ")
     );
-    let rows = sqlx::query(&sql)
-        .bind(now.millis())
-        .bind(network.family())
-        .bind(range_key(point))
-        .fetch_all(executor)
-        .await?;
-    rows.iter().map(|row| Block::from_row(row, now)).collect()
+    let mut query = sqlx::query(&sql);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    let rows = query.fetch_all(executor).await?;
+    let blocks: Vec<Block> = rows
+        .iter()
+        .map(|row| Block::from_row(row, now))
+        .collect::<Result<_>>()?;
+    Ok(blocks.into_iter().filter(|block| block.is_active).collect())
 }
 
 /// Closes every block whose expiry has passed, at its expiry instant, and
 /// records each in the audit log. Check and lists already ignore expired
-/// blocks; this makes the ending visible in the trail.
-pub async fn expire_due_blocks(db: &crate::storage::Db, now: Timestamp) -> Result<usize> {
+/// blocks; this makes the ending visible in the trail. Returns the closed
+/// blocks, for the index to forget.
+pub async fn expire_due_blocks(db: &crate::storage::Db, now: Timestamp) -> Result<BlockChanges> {
     let sql = format!(
         "SELECT {BLOCK_COLUMNS} FROM blocks \
          WHERE deactivated_at IS NULL AND expires_at <= $1 ORDER BY expires_at LIMIT 500"
@@ -346,12 +352,15 @@ pub async fn expire_due_blocks(db: &crate::storage::Db, now: Timestamp) -> Resul
         .bind(now.millis())
         .fetch_all(&mut *tx)
         .await?;
+    let mut changes = BlockChanges::new();
     for row in &rows {
-        retire_expired_block(&mut tx, &Block::from_row(row, now)?).await?;
+        let block = Block::from_row(row, now)?;
+        retire_expired_block(&mut tx, &block).await?;
+        changes.record(&block);
     }
     tx.commit().await?;
     if !rows.is_empty() {
         tracing::info!(blocks = rows.len(), "expired blocks closed");
     }
-    Ok(rows.len())
+    Ok(changes)
 }

@@ -11,6 +11,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::model::{AutoApprove, AutoBlock, EscalationThresholds, Mode, Policy, RateLimits};
 use super::store;
 use crate::auth::{Capability, Principal};
+use crate::blocklist::BlockChanges;
 use crate::error::Result;
 use crate::http::{fetch_page, ApiJson, ApiQuery, Page, PageRequest};
 use crate::server::AppState;
@@ -71,10 +72,16 @@ async fn post_policy(
 ) -> Result<Json<Policy>> {
     principal.require(Capability::UpdatePolicy)?;
     let changes = parse_update(body)?;
+    let allowlist_changed = changes.contains_key("allowlist");
 
     let mut tx = state.db.begin().await?;
     let policy = store::update_policy(&mut tx, state.clock.now(), &principal.name, changes).await?;
     tx.commit().await?;
+    if allowlist_changed {
+        let mut changes = BlockChanges::new();
+        changes.record_allowlist(&policy.settings.allowlist);
+        state.blocklist.apply(changes);
+    }
 
     Ok(Json(policy))
 }

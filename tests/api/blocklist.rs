@@ -725,6 +725,46 @@ backend_tests! {
         let check = check_entity(&app, "user", "mallory").await;
         assert_eq!(check, json!({"blocked": true, "matches": [second.body]}));
     }
+
+    async fn a_restarted_server_checks_the_blocks_active_before_it(app: TestApp) {
+        let mut app = app;
+        let address = app.block("ip", "203.0.113.70", json!({})).await.expect(201);
+        let network = app
+            .block("cidr", "203.0.113.64/26", json!({"duration_seconds": 3600}))
+            .await
+            .expect(201);
+        let ended = app.block("cidr", "203.0.113.0/24", json!({})).await.expect(201);
+        deactivate(&app, ended.id(), "false positive").await.expect(200);
+        app.block("api_key", "leaked", json!({"duration_seconds": 60}))
+            .await
+            .expect(201);
+
+        app.restart().await;
+
+        let matched = matched_ids(&app, "203.0.113.70").await;
+        assert_eq!(matched, vec![address.id(), network.id()]);
+        assert_eq!(check_entity(&app, "api_key", "leaked").await["blocked"], true);
+        app.clock.advance_seconds(60);
+        assert_eq!(check_entity(&app, "api_key", "leaked").await["blocked"], false);
+    }
+
+    async fn blocks_made_and_ended_by_action_requests_are_checked_at_once(app: TestApp) {
+        app.update_policy(json!({"auto_approve": {"normal": ["human"]}}))
+            .await
+            .expect(200);
+        let request = json!({"action_type": "block_entity", "reason": "scanner range",
+            "payload": {"entity_type": "cidr", "value": "192.0.2.0/24"}});
+        let filed = app.admin_post("/security/actions/", request).await.expect(201);
+        assert_eq!(filed.body["status"], "executed", "{}", filed.text);
+        let block_id = filed.body["result"]["block_id"].as_i64().expect("a block id");
+        assert_eq!(matched_ids(&app, "192.0.2.9").await, vec![block_id]);
+
+        let request = json!({"action_type": "unblock_entity", "reason": "false positive",
+            "payload": {"block_id": block_id}});
+        let filed = app.admin_post("/security/actions/", request).await.expect(201);
+        assert_eq!(filed.body["status"], "executed", "{}", filed.text);
+        assert!(matched_ids(&app, "192.0.2.9").await.is_empty());
+    }
 }
 
 /// `value` with `field` replaced.
