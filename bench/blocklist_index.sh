@@ -5,12 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-output=$(cargo bench --bench blocklist_index 2>/dev/null)
-table=$(grep '^|' <<<"$output")
-summary=$(grep -v '^|' <<<"$output" | grep entries)
+table=$(cargo bench --bench blocklist_index 2>/dev/null | grep '^|')
 stamp="$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -m), commit $(git rev-parse --short HEAD)"
-section=$(printf '%s\n\n%s\n%s\n\n%s\n' "<!-- index:start -->" \
-    "Measured $stamp with \`bench/blocklist_index.sh\`:" "$summary." "$table")
+section=$(printf '%s\n\n%s\n\n%s\n' "<!-- index:start -->" \
+    "Measured $stamp with \`bench/blocklist_index.sh\`:" "$table")
 
 python3 - "$section" <<'PY'
 import re, sys
@@ -20,5 +18,4 @@ text = open(path).read()
 text = re.sub(r"<!-- index:start -->.*?<!-- index:end -->", lambda _: section, text, flags=re.S)
 open(path, "w").write(text)
 PY
-echo "$summary"
 echo "$table"

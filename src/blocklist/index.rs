@@ -147,6 +147,60 @@ fn new_map<K, V>(state: SeededState) -> Map<K, V> {
     HashMap::with_hasher(state)
 }
 
+/// Each bucket's mask of network lengths: a flat array when buckets are
+/// few (IPv4's 65,536 take 1 MiB and stay in cache, so that probe costs no
+/// trip to memory), a hash map of the marked ones otherwise.
+enum BucketMasks {
+    Flat(Vec<u128>),
+    Sparse(Map<u64, u128>),
+}
+
+impl BucketMasks {
+    fn new(bucket_bits: u32, state: SeededState) -> Self {
+        if bucket_bits <= 16 {
+            BucketMasks::Flat(vec![0; 1 << bucket_bits])
+        } else {
+            BucketMasks::Sparse(new_map(state))
+        }
+    }
+
+    fn get(&self, bucket: u64) -> u128 {
+        match self {
+            BucketMasks::Flat(masks) => masks[bucket as usize],
+            BucketMasks::Sparse(masks) => masks.get(&bucket).copied().unwrap_or(0),
+        }
+    }
+
+    fn mark(&mut self, bucket: u64, bit: u128) {
+        match self {
+            BucketMasks::Flat(masks) => masks[bucket as usize] |= bit,
+            BucketMasks::Sparse(masks) => *masks.entry(bucket).or_insert(0) |= bit,
+        }
+    }
+
+    fn unmark(&mut self, bucket: u64, bit: u128) {
+        match self {
+            BucketMasks::Flat(masks) => masks[bucket as usize] &= !bit,
+            BucketMasks::Sparse(masks) => {
+                if let Some(mask) = masks.get_mut(&bucket) {
+                    *mask &= !bit;
+                    if *mask == 0 {
+                        masks.remove(&bucket);
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn marked(&self) -> usize {
+        match self {
+            BucketMasks::Flat(masks) => masks.iter().filter(|mask| **mask != 0).count(),
+            BucketMasks::Sparse(masks) => masks.len(),
+        }
+    }
+}
+
 /// The `cidr` blocks of one address family.
 struct Networks {
     /// 32 or 128.
@@ -163,7 +217,7 @@ struct Networks {
     unmarked_counts: Vec<u32>,
     /// Bit `length - shortest_marked` set when networks of that length
     /// cover (part of) the bucket.
-    bucket_lengths: Map<u64, u128>,
+    bucket_lengths: BucketMasks,
     /// How many networks of a length cover a bucket, keyed `bucket << 8 | length`.
     bucket_counts: Map<u64, u32>,
 }
@@ -177,7 +231,7 @@ impl Networks {
             shortest_marked,
             by_length: (0..=bits).map(|_| new_map(state)).collect(),
             unmarked_counts: vec![0; shortest_marked as usize],
-            bucket_lengths: new_map(state),
+            bucket_lengths: BucketMasks::new(bucket_bits, state),
             bucket_counts: new_map(state),
         }
     }
@@ -226,7 +280,7 @@ impl Networks {
                 .bucket_counts
                 .entry((bucket << 8) | u64::from(length))
                 .or_insert(0) += 1;
-            *self.bucket_lengths.entry(bucket).or_insert(0) |= bit;
+            self.bucket_lengths.mark(bucket, bit);
         }
     }
 
@@ -246,26 +300,18 @@ impl Networks {
                 continue;
             }
             self.bucket_counts.remove(&key);
-            let lengths = self
-                .bucket_lengths
-                .get_mut(&bucket)
-                .expect("marked on insert");
-            *lengths &= !(1u128 << (length - self.shortest_marked));
-            if *lengths == 0 {
-                self.bucket_lengths.remove(&bucket);
-            }
+            let bit = 1u128 << (length - self.shortest_marked);
+            self.bucket_lengths.unmark(bucket, bit);
         }
     }
 
     /// Every live network containing `point`, longest first.
     fn matching(&self, point: u128, now: i64, found: &mut Vec<i64>) {
-        if let Some(lengths) = self.bucket_lengths.get(&self.bucket(point)) {
-            let mut lengths = *lengths;
-            while lengths != 0 {
-                let bit = 127 - lengths.leading_zeros();
-                lengths &= !(1u128 << bit);
-                self.probe(point, self.shortest_marked + bit, now, found);
-            }
+        let mut lengths = self.bucket_lengths.get(self.bucket(point));
+        while lengths != 0 {
+            let bit = 127 - lengths.leading_zeros();
+            lengths &= !(1u128 << bit);
+            self.probe(point, self.shortest_marked + bit, now, found);
         }
         for length in (0..self.shortest_marked).rev() {
             if self.unmarked_counts[length as usize] > 0 {
@@ -489,12 +535,19 @@ impl BlocklistIndex {
     /// `ip` block and every `cidr` block containing it; otherwise the
     /// entity's own block.
     pub fn matching(&self, entity: &Entity, now: Timestamp) -> Vec<i64> {
-        let now = now.millis();
         let mut found = Vec::new();
+        self.matching_into(entity, now, &mut found);
+        found
+    }
+
+    /// As [`Self::matching`], appending to `found`: a caller checking many
+    /// entities reuses one buffer instead of allocating per check.
+    pub fn matching_into(&self, entity: &Entity, now: Timestamp, found: &mut Vec<i64>) {
+        let now = now.millis();
         let exact = match entity {
             Entity::Ip(address) => {
-                self.matching_address(*address, now, &mut found);
-                return found;
+                self.matching_address(*address, now, found);
+                return;
             }
             Entity::Cidr(network) => {
                 let (start, length) = start_and_length(network);
@@ -511,7 +564,6 @@ impl BlocklistIndex {
                 .filter(|entry| entry.is_live(now))
                 .map(|entry| entry.id),
         );
-        found
     }
 
     fn matching_address(&self, address: IpAddr, now: i64, found: &mut Vec<i64>) {
@@ -580,9 +632,50 @@ impl BlockChanges {
     }
 }
 
+/// Blocks loaded a page at a time, so that start-up never holds a million
+/// rows at once beside the index.
+const LOAD_PAGE: i64 = 10_000;
+
+/// Indexes the next page of active blocks after `after_id`; returns the
+/// last id read, or `None` when no page is left.
+async fn load_page(
+    db: &Db,
+    now: Timestamp,
+    after_id: i64,
+    index: &mut BlocklistIndex,
+) -> Result<Option<i64>> {
+    let rows = sqlx::query(
+        "SELECT id, entity_type, value, expires_at FROM blocks \
+         WHERE id > $1 AND deactivated_at IS NULL AND (expires_at IS NULL OR expires_at > $2) \
+         ORDER BY id LIMIT $3",
+    )
+    .bind(after_id)
+    .bind(now.millis())
+    .bind(LOAD_PAGE)
+    .fetch_all(db.reader())
+    .await?;
+    let mut last_id = None;
+    for row in &rows {
+        let id: i64 = row.try_get("id")?;
+        let entity_type: String = row.try_get("entity_type")?;
+        let value: String = row.try_get("value")?;
+        let expires_at = crate::storage::timestamp_opt(row, "expires_at")?;
+        let entity =
+            EntityType::parse(&entity_type).and_then(|kind| Entity::parse(kind, &value).ok());
+        match entity {
+            Some(entity) => index.upsert(id, &entity, expires_at),
+            None => tracing::error!(block.id = id, "unreadable block not indexed"),
+        }
+        last_id = Some(id);
+    }
+    Ok(last_id)
+}
+
 /// The index as the server shares it: one `RwLock`, because a check holds
 /// the read lock for a few hash probes and a change holds the write lock
-/// for one entry, so neither waits long; `std` is enough.
+/// for one entry, so neither waits long; `std` is enough. The exception is
+/// growing the allowlist, which scans every address entry under the write
+/// lock (tens of milliseconds at a million): rare enough to accept.
 #[derive(Clone, Default)]
 pub struct SharedIndex {
     index: Arc<RwLock<BlocklistIndex>>,
@@ -591,23 +684,13 @@ pub struct SharedIndex {
 impl SharedIndex {
     /// Loads every block that is neither deactivated nor expired.
     pub async fn load(db: &Db, now: Timestamp) -> Result<Self> {
-        let rows = sqlx::query(
-            "SELECT id, entity_type, value, expires_at FROM blocks \
-             WHERE deactivated_at IS NULL AND (expires_at IS NULL OR expires_at > $1)",
-        )
-        .bind(now.millis())
-        .fetch_all(db.reader())
-        .await?;
         let mut index = BlocklistIndex::new();
-        for row in &rows {
-            let entity_type: String = row.try_get("entity_type")?;
-            let value: String = row.try_get("value")?;
-            let expires_at = crate::storage::timestamp_opt(row, "expires_at")?;
-            let entity =
-                EntityType::parse(&entity_type).and_then(|kind| Entity::parse(kind, &value).ok());
-            match entity {
-                Some(entity) => index.upsert(row.try_get("id")?, &entity, expires_at),
-                None => tracing::error!(block.value = %value, "unreadable block not indexed"),
+        let mut after_id = 0;
+        loop {
+            let loaded = load_page(db, now, after_id, &mut index).await?;
+            match loaded {
+                Some(last_id) => after_id = last_id,
+                None => break,
             }
         }
         tracing::info!(blocks = index.len(), "blocklist index loaded");
@@ -746,11 +829,11 @@ mod tests {
         let wide = entity(EntityType::Cidr, "2001:d00::/24");
         index.upsert(1, &network, None);
         index.upsert(2, &wide, None);
-        assert_eq!(index.networks_v6.bucket_lengths.len(), 256);
+        assert_eq!(index.networks_v6.bucket_lengths.marked(), 256);
         assert_eq!(index.matching(&address("2001:dff::1"), at(0)), vec![2]);
         index.remove(1, &network);
         index.remove(2, &wide);
-        assert!(index.networks_v6.bucket_lengths.is_empty());
+        assert_eq!(index.networks_v6.bucket_lengths.marked(), 0);
         assert!(index.networks_v6.bucket_counts.is_empty());
         assert!(index.is_empty());
     }
