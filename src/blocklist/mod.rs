@@ -3,6 +3,7 @@
 //! can override.
 
 pub mod entity;
+mod export;
 mod index;
 mod model;
 mod routes;

@@ -24,6 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_block, list_blocks))
         .routes(routes!(deactivate_block))
         .routes(routes!(check_block))
+        .merge(super::export::router())
 }
 
 /// A block to create.

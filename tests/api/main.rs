@@ -11,6 +11,7 @@ mod blocklist;
 mod cowrie_sample;
 mod detection;
 mod errors;
+mod export;
 mod field_cases;
 mod honeypots;
 mod ingest;
