@@ -110,6 +110,7 @@ impl ExportFormat {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ExportQuery {
+    #[param(inline)]
     format: ExportFormat,
 }
 
@@ -125,8 +126,9 @@ struct ExportedBlock {
     network: Option<Network>,
 }
 
-/// The active blocklist for an enforcement point; see the module comment
-/// for each format.
+/// The active blocklist, without allowlisted addresses, in a format that a
+/// firewall, proxy or threat-intelligence platform loads. An `If-None-Match`
+/// with the current `ETag` answers 304 with no body.
 #[utoipa::path(get, path = "/security/policy/blocks/export", tag = "blocklist",
     params(ExportQuery,
         ("If-None-Match" = Option<String>, Header,
