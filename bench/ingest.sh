@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 table=$(cargo bench --bench ingest 2>/dev/null | grep '^|')
 stamp="$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -m), commit $(git rev-parse --short HEAD)"
-section=$(printf '%s\n\n%s\n%s\n' "<!-- ingest:start -->" "Measured $stamp with \`bench/ingest.sh\`:" "$table")
+section=$(printf '%s\n%s\n\n%s\n' "<!-- ingest:start -->" "Measured $stamp with \`bench/ingest.sh\`:" "$table")
 
 python3 - "$section" <<'PY'
 import re, sys
