@@ -154,7 +154,11 @@ pub async fn sources_near_threshold(
              GROUP BY source_ip",
             placeholders.join(", ")
         );
+        // Not a cached prepared statement: PostgreSQL would soon switch it to
+        // a generic plan that, blind to the time bounds, scans by time
+        // instead of by source (measured: 20–75 ms a query instead of < 1).
         let mut query = sqlx::query(&sql)
+            .persistent(false)
             .bind(last_id)
             .bind(earliest.minus_seconds(rule.window_seconds).millis())
             .bind(latest.millis());
