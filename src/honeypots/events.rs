@@ -17,7 +17,7 @@ use crate::auth::{Capability, Principal, Secret};
 use crate::blocklist::entity::parse_ip;
 use crate::detection::ThreatLevel;
 use crate::error::{Error, Result};
-use crate::http::{fetch_page, ApiJson, ApiQuery, Page, PageRequest};
+use crate::http::{address_filter, fetch_page, ApiJson, ApiQuery, Page, PageRequest};
 use crate::server::AppState;
 use crate::storage::{self, query::Param, Filter};
 use crate::time::Timestamp;
@@ -268,14 +268,7 @@ async fn list_events(
 ) -> Result<Json<Page<HoneypotEvent>>> {
     principal.require(Capability::ReadSecurityState)?;
     let page = PageRequest::parse(query.limit, query.cursor.as_deref())?;
-    let source_ip = query
-        .source_ip
-        .map(|text| {
-            parse_ip(&text)
-                .map(|ip| ip.to_string())
-                .map_err(Error::BadRequest)
-        })
-        .transpose()?;
+    let source_ip = address_filter(query.source_ip)?;
 
     let mut filter = Filter::new();
     filter

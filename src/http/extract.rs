@@ -194,3 +194,16 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
             })
     }
 }
+
+/// A query parameter naming an address, in the canonical form stored
+/// (`::ffff:` folded, IPv6 compressed), so a filter matches however the
+/// client spelled it; a value that is not an address is 400.
+pub fn address_filter(value: Option<String>) -> Result<Option<String>> {
+    value
+        .map(|text| {
+            crate::blocklist::entity::parse_ip(&text)
+                .map(|address| address.to_string())
+                .map_err(Error::BadRequest)
+        })
+        .transpose()
+}

@@ -7,8 +7,8 @@ mod page;
 mod serve;
 
 pub use extract::{
-    deserialize_value, media_type, parse_json, path_of_nul, read_body, ApiJson, ApiPath, ApiQuery,
-    OptionalJson, NUL_REFUSED,
+    address_filter, deserialize_value, media_type, parse_json, path_of_nul, read_body, ApiJson,
+    ApiPath, ApiQuery, OptionalJson, NUL_REFUSED,
 };
 pub use logging::log_request;
 pub use page::{fetch_page, Page, PageRequest};

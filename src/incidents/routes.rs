@@ -10,10 +10,9 @@ use super::model::{Incident, IncidentRow, IncidentStatus, INCIDENT_COLUMNS};
 use super::store::{find_incident_row, transition_incident, with_links};
 use crate::audit::{self, Change};
 use crate::auth::{Capability, Principal};
-use crate::blocklist::entity::parse_ip;
 use crate::detection::ThreatLevel;
-use crate::error::{Error, Result};
-use crate::http::{fetch_page, ApiJson, ApiPath, ApiQuery, Page, PageRequest};
+use crate::error::Result;
+use crate::http::{address_filter, fetch_page, ApiJson, ApiPath, ApiQuery, Page, PageRequest};
 use crate::server::AppState;
 use crate::storage::{query::Param, Filter};
 
@@ -46,14 +45,7 @@ async fn list_incidents(
 ) -> Result<Json<Page<Incident>>> {
     principal.require(Capability::ReadSecurityState)?;
     let page = PageRequest::parse(query.limit, query.cursor.as_deref())?;
-    let source_ip = query
-        .source_ip
-        .map(|text| {
-            parse_ip(&text)
-                .map(|ip| ip.to_string())
-                .map_err(Error::BadRequest)
-        })
-        .transpose()?;
+    let source_ip = address_filter(query.source_ip)?;
 
     let mut filter = Filter::new();
     filter
