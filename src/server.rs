@@ -142,6 +142,7 @@ pub async fn start(settings: &ServeSettings, clock: Arc<dyn Clock>) -> Result<Ru
     let stored = Arc::new(Notify::new());
     let events = EventWriter::start(db.clone(), stored.clone());
     let index = blocklist::SharedIndex::load(&db, clock.now()).await?;
+    let follower = index.follow(db.clone(), clock.clone());
     let engine = Engine::new(db.clone(), clock.clone(), stored, index.clone());
     let engine = tokio::spawn(engine.run());
     let app = router(
@@ -165,6 +166,8 @@ pub async fn start(settings: &ServeSettings, clock: Arc<dyn Clock>) -> Result<Ru
         // events stay unprocessed for the next start.
         engine.abort();
         let _ = engine.await;
+        follower.abort();
+        let _ = follower.await;
         db.close().await;
     });
     tracing::info!(%address, "valhalla is serving");

@@ -24,29 +24,19 @@
 //! matches even before the sweep removes it.
 //!
 //! Changes reach the index after their transaction commits (see
-//! [`BlockChanges`]), so a rolled-back transaction never touches it. Two
+//! `BlockChanges` in `shared.rs`), so a rolled-back transaction never
+//! touches it; changes other processes commit arrive through the change
+//! log, which `shared.rs` follows. Two
 //! commits may be applied in the other order, so application is
 //! order-tolerant: a block's expiry only moves later, a newer block (larger
 //! id) of the same entity is never replaced by an older one, and a removed
 //! id is remembered for a while so that a late extension cannot revive it.
-//!
-//! Not done yet: replicas sharing PostgreSQL each load their index at start
-//! and then see only their own changes, so a block made on one replica is
-//! enforced by another only after its restart. Keeping them in step needs
-//! a change feed between replicas (LISTEN/NOTIFY or a change sequence
-//! table), which the blocklist's change log is meant to provide.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
 
-use sqlx::Row;
-
-use super::entity::{canonical_ip, Entity, EntityType, Network};
-use super::model::Block;
-use crate::error::Result;
-use crate::storage::Db;
+use super::entity::{canonical_ip, Entity, Network};
 use crate::time::Timestamp;
 
 /// How many removed ids are remembered to refuse a late re-insertion.
@@ -406,7 +396,7 @@ impl Slot<'_> {
 }
 
 /// The active blocklist in memory. Not synchronised itself: the server
-/// holds it in a [`SharedIndex`].
+/// holds it in a `SharedIndex`.
 pub struct BlocklistIndex {
     ipv4: Map<u128, Entry>,
     ipv6: Map<u128, Entry>,
@@ -588,164 +578,10 @@ fn start_and_length(network: &Network) -> (u128, u32) {
     (start, bits - host_bits)
 }
 
-/// What a transaction did to the active blocklist, to apply to the index
-/// once (and only if) it commits. Store functions report into it; the
-/// caller that commits applies it. Any new path that writes blocks (an
-/// import, say) must do the same, or checks will not see its blocks until
-/// the next start.
-#[derive(Debug, Default)]
-pub struct BlockChanges {
-    /// Blocks as they stand after the transaction: active ones are upserted,
-    /// inactive ones removed.
-    blocks: Vec<Block>,
-    /// Allowlist entries: any indexed `ip` or `cidr` block overlapping them
-    /// is gone.
-    allowlisted: Vec<Network>,
-}
-
-impl BlockChanges {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The change to one block.
-    pub fn of(block: &Block) -> Self {
-        let mut changes = Self::new();
-        changes.record(block);
-        changes
-    }
-
-    /// A block created, extended, deactivated or expired.
-    pub fn record(&mut self, block: &Block) {
-        self.blocks.push(block.clone());
-    }
-
-    /// The allowlist now holds `networks`.
-    pub fn record_allowlist(&mut self, networks: &[Network]) {
-        self.allowlisted.extend_from_slice(networks);
-    }
-
-    /// Adds another transaction's changes after these.
-    pub fn extend(&mut self, other: BlockChanges) {
-        self.blocks.extend(other.blocks);
-        self.allowlisted.extend(other.allowlisted);
-    }
-}
-
-/// Blocks loaded a page at a time, so that start-up never holds a million
-/// rows at once beside the index.
-const LOAD_PAGE: i64 = 10_000;
-
-/// Indexes the next page of active blocks after `after_id`; returns the
-/// last id read, or `None` when no page is left.
-async fn load_page(
-    db: &Db,
-    now: Timestamp,
-    after_id: i64,
-    index: &mut BlocklistIndex,
-) -> Result<Option<i64>> {
-    let rows = sqlx::query(
-        "SELECT id, entity_type, value, expires_at FROM blocks \
-         WHERE id > $1 AND deactivated_at IS NULL AND (expires_at IS NULL OR expires_at > $2) \
-         ORDER BY id LIMIT $3",
-    )
-    .bind(after_id)
-    .bind(now.millis())
-    .bind(LOAD_PAGE)
-    .fetch_all(db.reader())
-    .await?;
-    let mut last_id = None;
-    for row in &rows {
-        let id: i64 = row.try_get("id")?;
-        let entity_type: String = row.try_get("entity_type")?;
-        let value: String = row.try_get("value")?;
-        let expires_at = crate::storage::timestamp_opt(row, "expires_at")?;
-        let entity =
-            EntityType::parse(&entity_type).and_then(|kind| Entity::parse(kind, &value).ok());
-        match entity {
-            Some(entity) => index.upsert(id, &entity, expires_at),
-            None => tracing::error!(block.id = id, "unreadable block not indexed"),
-        }
-        last_id = Some(id);
-    }
-    Ok(last_id)
-}
-
-/// The index as the server shares it: one `RwLock`, because a check holds
-/// the read lock for a few hash probes and a change holds the write lock
-/// for one entry, so neither waits long; `std` is enough. The exception is
-/// growing the allowlist, which scans every address entry under the write
-/// lock (tens of milliseconds at a million): rare enough to accept.
-#[derive(Clone, Default)]
-pub struct SharedIndex {
-    index: Arc<RwLock<BlocklistIndex>>,
-}
-
-impl SharedIndex {
-    /// Loads every block that is neither deactivated nor expired.
-    pub async fn load(db: &Db, now: Timestamp) -> Result<Self> {
-        let mut index = BlocklistIndex::new();
-        let mut after_id = 0;
-        loop {
-            let loaded = load_page(db, now, after_id, &mut index).await?;
-            match loaded {
-                Some(last_id) => after_id = last_id,
-                None => break,
-            }
-        }
-        tracing::info!(blocks = index.len(), "blocklist index loaded");
-        Ok(Self {
-            index: Arc::new(RwLock::new(index)),
-        })
-    }
-
-    /// Ids of the blocks matching `entity` at `now`.
-    pub fn matching(&self, entity: &Entity, now: Timestamp) -> Vec<i64> {
-        self.read().matching(entity, now)
-    }
-
-    /// Applies a committed transaction's changes.
-    pub fn apply(&self, changes: BlockChanges) {
-        let mut index = self
-            .index
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for block in &changes.blocks {
-            let Ok(entity) = Entity::parse(block.entity_type, &block.value) else {
-                continue;
-            };
-            if block.is_active {
-                index.upsert(block.id, &entity, block.expires_at);
-            } else {
-                index.remove(block.id, &entity);
-            }
-        }
-        for network in &changes.allowlisted {
-            index.remove_overlapping(network);
-        }
-    }
-
-    /// Entries held.
-    pub fn len(&self) -> usize {
-        self.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    // A panic while holding the lock leaves a consistent map (every change
-    // is one insert or remove), so a poisoned lock is still read.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BlocklistIndex> {
-        self.index
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blocklist::EntityType;
 
     fn entity(kind: EntityType, value: &str) -> Entity {
         Entity::parse(kind, value).unwrap()

@@ -8,8 +8,8 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::entity::{parse_ip, Entity, EntityType};
-use super::index::BlockChanges;
 use super::model::{Block, BlockOutcome, NewBlock, BLOCK_COLUMNS};
+use super::shared::BlockChanges;
 use super::store;
 use crate::actions::Source;
 use crate::auth::{Capability, Principal};

@@ -2,9 +2,10 @@
 
 use sqlx::{Any, Executor, Row};
 
+use super::changes::{self, ChangeKind, LoggedChange};
 use super::entity::{range_key, Entity, Network};
-use super::index::BlockChanges;
 use super::model::{Block, BlockOutcome, NewBlock, BLOCK_COLUMNS};
+use super::shared::BlockChanges;
 use crate::audit::{self, Change};
 use crate::error::{Error, Result};
 use crate::policy::load_policy;
@@ -43,21 +44,23 @@ pub fn resolve_expiry(
 pub async fn block_entity(tx: &mut Tx, now: Timestamp, new: NewBlock) -> Result<BlockOutcome> {
     refuse_allowlisted(tx, &new.entity).await?;
 
+    let seq = changes::next_seq(tx).await?;
+
     if let Some(existing) = find_live_block(&mut **tx, &new.entity, now).await? {
         if existing.is_active {
-            return extend_block(tx, now, existing, new.expires_at, &new.created_by).await;
+            return extend_block(tx, now, seq, existing, new.expires_at, &new.created_by).await;
         }
         retire_expired_block(tx, &existing).await?;
     }
 
-    match insert_block(tx, now, &new).await? {
+    match insert_block(tx, now, seq, &new).await? {
         Some(block) => Ok(BlockOutcome::Created(block)),
         None => {
             // Another transaction created it between our look and our insert.
             let existing = find_live_block(&mut **tx, &new.entity, now)
                 .await?
                 .ok_or_else(|| Error::Conflict("the block changed meanwhile; retry".to_string()))?;
-            extend_block(tx, now, existing, new.expires_at, &new.created_by).await
+            extend_block(tx, now, seq, existing, new.expires_at, &new.created_by).await
         }
     }
 }
@@ -102,13 +105,18 @@ pub async fn find_live_block<'e, E: Executor<'e, Database = Any>>(
 /// `ON CONFLICT … DO NOTHING` against the one-live-block-per-entity index
 /// makes a concurrent duplicate return no row instead of failing the
 /// transaction.
-async fn insert_block(tx: &mut Tx, now: Timestamp, new: &NewBlock) -> Result<Option<Block>> {
+async fn insert_block(
+    tx: &mut Tx,
+    now: Timestamp,
+    seq: i64,
+    new: &NewBlock,
+) -> Result<Option<Block>> {
     let network = new.entity.network();
     let range = network.map(|network| network.range());
     let sql = format!(
         "INSERT INTO blocks (entity_type, value, family, range_start, range_end, reason, source, \
-             created_by, action_request_id, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             created_by, action_request_id, created_at, expires_at, created_seq, changed_seq) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
          ON CONFLICT (entity_type, value) WHERE deactivated_at IS NULL DO NOTHING \
          RETURNING {BLOCK_COLUMNS}"
     );
@@ -124,6 +132,7 @@ async fn insert_block(tx: &mut Tx, now: Timestamp, new: &NewBlock) -> Result<Opt
         .bind(new.action_request_id)
         .bind(now.millis())
         .bind(new.expires_at.map(Timestamp::millis))
+        .bind(seq)
         .fetch_optional(&mut **tx)
         .await?;
     let Some(row) = row else {
@@ -131,6 +140,15 @@ async fn insert_block(tx: &mut Tx, now: Timestamp, new: &NewBlock) -> Result<Opt
     };
 
     let block = Block::from_row(&row, now)?;
+    let logged = LoggedChange {
+        seq,
+        at: now,
+        actor: &new.created_by,
+        kind: ChangeKind::Created,
+        block_id: Some(block.id),
+        blocks: 1,
+    };
+    changes::log_change(tx, logged).await?;
     let change = Change {
         actor: &new.created_by,
         kind: "block.created",
@@ -152,6 +170,7 @@ async fn insert_block(tx: &mut Tx, now: Timestamp, new: &NewBlock) -> Result<Opt
 async fn extend_block(
     tx: &mut Tx,
     now: Timestamp,
+    seq: i64,
     existing: Block,
     requested: Option<Timestamp>,
     actor: &str,
@@ -167,13 +186,14 @@ async fn extend_block(
     // Conditional, so the expiry only ever moves later: of two concurrent
     // extensions the longer one wins, whichever commits last.
     let sql = format!(
-        "UPDATE blocks SET expires_at = $1 \
+        "UPDATE blocks SET expires_at = $1, changed_seq = $3 \
          WHERE id = $2 AND expires_at IS NOT NULL AND ($1 IS NULL OR expires_at < $1) \
          RETURNING {BLOCK_COLUMNS}"
     );
     let updated = sqlx::query(&sql)
         .bind(later.map(Timestamp::millis))
         .bind(existing.id)
+        .bind(seq)
         .fetch_optional(&mut **tx)
         .await?;
     let Some(row) = updated else {
@@ -182,6 +202,15 @@ async fn extend_block(
         return Ok(BlockOutcome::Existing(current));
     };
     let extended = Block::from_row(&row, now)?;
+    let logged = LoggedChange {
+        seq,
+        at: now,
+        actor,
+        kind: ChangeKind::Extended,
+        block_id: Some(existing.id),
+        blocks: 1,
+    };
+    changes::log_change(tx, logged).await?;
     let change = Change {
         actor,
         kind: "block.extended",
@@ -198,22 +227,35 @@ async fn extend_block(
 /// Closes an expired block at its expiry instant, so that a new block of the
 /// same entity can be created. Of the sweep and a new block of the entity
 /// racing to close it, only the one whose update changed the row records it.
+/// Takes a change number of its own: it may share a transaction with the
+/// block that replaces it, or with other expiries.
 async fn retire_expired_block(tx: &mut Tx, expired: &Block) -> Result<()> {
     let Some(expired_at) = expired.expires_at else {
         return Ok(());
     };
+    let seq = changes::next_seq(tx).await?;
     let retired = sqlx::query(
         "UPDATE blocks SET deactivated_at = $1, deactivated_by = 'system', \
-             deactivation_reason = 'expired' \
+             deactivation_reason = 'expired', changed_seq = $3 \
          WHERE id = $2 AND deactivated_at IS NULL",
     )
     .bind(expired_at.millis())
     .bind(expired.id)
+    .bind(seq)
     .execute(&mut **tx)
     .await?;
     if retired.rows_affected() == 0 {
         return Ok(());
     }
+    let logged = LoggedChange {
+        seq,
+        at: expired_at,
+        actor: "system",
+        kind: ChangeKind::Expired,
+        block_id: Some(expired.id),
+        blocks: 1,
+    };
+    changes::log_change(tx, logged).await?;
     let change = Change {
         actor: "system",
         kind: "block.expired",
@@ -234,8 +276,11 @@ pub async fn deactivate_block(
     actor: &str,
     reason: &str,
 ) -> Result<Block> {
+    let seq = changes::next_seq(tx).await?;
+
     let sql = format!(
-        "UPDATE blocks SET deactivated_at = $1, deactivated_by = $2, deactivation_reason = $3 \
+        "UPDATE blocks SET deactivated_at = $1, deactivated_by = $2, deactivation_reason = $3, \
+             changed_seq = $5 \
          WHERE id = $4 AND deactivated_at IS NULL AND (expires_at IS NULL OR expires_at > $1) \
          RETURNING {BLOCK_COLUMNS}"
     );
@@ -244,6 +289,7 @@ pub async fn deactivate_block(
         .bind(actor)
         .bind(reason)
         .bind(id)
+        .bind(seq)
         .fetch_optional(&mut **tx)
         .await?;
     let Some(row) = updated else {
@@ -251,6 +297,15 @@ pub async fn deactivate_block(
     };
 
     let block = Block::from_row(&row, now)?;
+    let logged = LoggedChange {
+        seq,
+        at: now,
+        actor,
+        kind: ChangeKind::Deactivated,
+        block_id: Some(id),
+        blocks: 1,
+    };
+    changes::log_change(tx, logged).await?;
     let change = Change {
         actor,
         kind: "block.deactivated",
@@ -347,20 +402,24 @@ pub async fn expire_due_blocks(db: &crate::storage::Db, now: Timestamp) -> Resul
         "SELECT {BLOCK_COLUMNS} FROM blocks \
          WHERE deactivated_at IS NULL AND expires_at <= $1 ORDER BY expires_at LIMIT 500"
     );
-    let mut tx = db.begin().await?;
     let rows = sqlx::query(&sql)
         .bind(now.millis())
-        .fetch_all(&mut *tx)
+        .fetch_all(db.reader())
         .await?;
-    let mut changes = BlockChanges::new();
+    let mut ended = BlockChanges::new();
+    if rows.is_empty() {
+        return Ok(ended);
+    }
+
+    // Read first, then write: a quiet sweep takes no change number. Each
+    // retirement is conditional, so a block ended meanwhile is skipped.
+    let mut tx = db.begin().await?;
     for row in &rows {
         let block = Block::from_row(row, now)?;
         retire_expired_block(&mut tx, &block).await?;
-        changes.record(&block);
+        ended.record(&block);
     }
     tx.commit().await?;
-    if !rows.is_empty() {
-        tracing::info!(blocks = rows.len(), "expired blocks closed");
-    }
-    Ok(changes)
+    tracing::info!(blocks = rows.len(), "expired blocks closed");
+    Ok(ended)
 }

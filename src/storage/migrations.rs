@@ -32,6 +32,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0003_detection.sql"),
         postgres: include_str!("../../migrations/postgres/0003_detection.sql"),
     },
+    Migration {
+        version: 4,
+        name: "blocklist_changes",
+        sqlite: include_str!("../../migrations/sqlite/0004_blocklist_changes.sql"),
+        postgres: include_str!("../../migrations/postgres/0004_blocklist_changes.sql"),
+    },
 ];
 
 /// Any number larger than zero that other applications are unlikely to use

@@ -18,5 +18,6 @@ mod ingest;
 mod logs;
 mod pagination;
 mod policy;
+mod replicas;
 mod roles;
 mod tokens;

@@ -33,6 +33,8 @@ pub fn postgres_admin_url() -> String {
 enum TestDatabase {
     Sqlite(tempfile::TempDir),
     Postgres(PostgresDatabase),
+    /// Another app's: a replica's database belongs to the app it copies.
+    Shared,
 }
 
 /// Drops its database when the test ends, passed or failed.
@@ -232,6 +234,23 @@ impl TestApp {
                  {approved} requests approved but not executed"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A second server on the same database and clock, as a replica
+    /// beside this one would run. Stop it before this app ends.
+    pub async fn replica(&self) -> TestApp {
+        let admin_token = Secret::new(self.admin_token.clone());
+        let server = serve(&self.database_url, &admin_token, &self.clock).await;
+        TestApp {
+            backend: self.backend,
+            base_url: format!("http://{}", server.address),
+            admin_token: self.admin_token.clone(),
+            clock: self.clock.clone(),
+            database_url: self.database_url.clone(),
+            http: reqwest::Client::new(),
+            server: Some(server),
+            _database: TestDatabase::Shared,
         }
     }
 

@@ -1,0 +1,296 @@
+//! The index as the server holds it: shared between handlers, fed by the
+//! transactions of this process as they commit, and by the change log for
+//! what other processes (replicas sharing PostgreSQL, a second server on
+//! the same SQLite file) commit.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sqlx::Row;
+
+use super::changes;
+use super::entity::{Entity, EntityType, Network};
+use super::index::BlocklistIndex;
+use super::model::Block;
+use crate::clock::Clock;
+use crate::error::Result;
+use crate::storage::Db;
+use crate::time::Timestamp;
+
+/// What a transaction did to the active blocklist, to apply to the index
+/// once (and only if) it commits. Store functions report into it; the
+/// caller that commits applies it. Any new path that writes blocks (an
+/// import, say) must do the same, or checks will not see its blocks until
+/// the next start.
+#[derive(Debug, Default)]
+pub struct BlockChanges {
+    /// Blocks as they stand after the transaction: active ones are upserted,
+    /// inactive ones removed.
+    blocks: Vec<Block>,
+    /// Allowlist entries: any indexed `ip` or `cidr` block overlapping them
+    /// is gone.
+    allowlisted: Vec<Network>,
+}
+
+impl BlockChanges {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The change to one block.
+    pub fn of(block: &Block) -> Self {
+        let mut changes = Self::new();
+        changes.record(block);
+        changes
+    }
+
+    /// A block created, extended, deactivated or expired.
+    pub fn record(&mut self, block: &Block) {
+        self.blocks.push(block.clone());
+    }
+
+    /// The allowlist now holds `networks`.
+    pub fn record_allowlist(&mut self, networks: &[Network]) {
+        self.allowlisted.extend_from_slice(networks);
+    }
+
+    /// Adds another transaction's changes after these.
+    pub fn extend(&mut self, other: BlockChanges) {
+        self.blocks.extend(other.blocks);
+        self.allowlisted.extend(other.allowlisted);
+    }
+}
+
+/// How often a replica looks for changes others committed: well inside
+/// the one second within which every replica must enforce a change.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A block as the follower reads it: enough to update the index.
+struct FollowedBlock {
+    seq: i64,
+    id: i64,
+    entity: Entity,
+    expires_at: Option<Timestamp>,
+    is_active: bool,
+}
+
+/// The next page of blocks whose last change lies after `after` (a change
+/// number and a block id, since one import batch shares a number) and no
+/// later than `upto`.
+async fn changed_page(
+    db: &Db,
+    now: Timestamp,
+    after: (i64, i64),
+    upto: i64,
+) -> Result<Vec<FollowedBlock>> {
+    let rows = sqlx::query(
+        "SELECT changed_seq, id, entity_type, value, expires_at, deactivated_at FROM blocks \
+         WHERE (changed_seq > $1 OR (changed_seq = $1 AND id > $2)) AND changed_seq <= $3 \
+         ORDER BY changed_seq, id LIMIT $4",
+    )
+    .bind(after.0)
+    .bind(after.1)
+    .bind(upto)
+    .bind(LOAD_PAGE)
+    .fetch_all(db.reader())
+    .await?;
+
+    let mut page = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: i64 = row.try_get("id")?;
+        let entity_type: String = row.try_get("entity_type")?;
+        let value: String = row.try_get("value")?;
+        let entity =
+            EntityType::parse(&entity_type).and_then(|kind| Entity::parse(kind, &value).ok());
+        let Some(entity) = entity else {
+            tracing::error!(block.id = id, "unreadable block not indexed");
+            continue;
+        };
+        let expires_at = crate::storage::timestamp_opt(row, "expires_at")?;
+        let deactivated_at = crate::storage::timestamp_opt(row, "deactivated_at")?;
+        page.push(FollowedBlock {
+            seq: row.try_get("changed_seq")?,
+            id,
+            entity,
+            expires_at,
+            is_active: deactivated_at.is_none() && expires_at.is_none_or(|at| at > now),
+        });
+    }
+    Ok(page)
+}
+
+/// Blocks loaded a page at a time, so that start-up never holds a million
+/// rows at once beside the index.
+const LOAD_PAGE: i64 = 10_000;
+
+/// Indexes the next page of active blocks after `after_id`; returns the
+/// last id read, or `None` when no page is left.
+async fn load_page(
+    db: &Db,
+    now: Timestamp,
+    after_id: i64,
+    index: &mut BlocklistIndex,
+) -> Result<Option<i64>> {
+    let rows = sqlx::query(
+        "SELECT id, entity_type, value, expires_at FROM blocks \
+         WHERE id > $1 AND deactivated_at IS NULL AND (expires_at IS NULL OR expires_at > $2) \
+         ORDER BY id LIMIT $3",
+    )
+    .bind(after_id)
+    .bind(now.millis())
+    .bind(LOAD_PAGE)
+    .fetch_all(db.reader())
+    .await?;
+    let mut last_id = None;
+    for row in &rows {
+        let id: i64 = row.try_get("id")?;
+        let entity_type: String = row.try_get("entity_type")?;
+        let value: String = row.try_get("value")?;
+        let expires_at = crate::storage::timestamp_opt(row, "expires_at")?;
+        let entity =
+            EntityType::parse(&entity_type).and_then(|kind| Entity::parse(kind, &value).ok());
+        match entity {
+            Some(entity) => index.upsert(id, &entity, expires_at),
+            None => tracing::error!(block.id = id, "unreadable block not indexed"),
+        }
+        last_id = Some(id);
+    }
+    Ok(last_id)
+}
+
+/// The index as the server shares it: one `RwLock`, because a check holds
+/// the read lock for a few hash probes and a change holds the write lock
+/// for one entry, so neither waits long; `std` is enough. The exception is
+/// growing the allowlist, which scans every address entry under the write
+/// lock (tens of milliseconds at a million): rare enough to accept.
+#[derive(Clone, Default)]
+pub struct SharedIndex {
+    index: Arc<RwLock<BlocklistIndex>>,
+    /// The change log number up to which the index holds every change.
+    seen_seq: Arc<AtomicI64>,
+}
+
+impl SharedIndex {
+    /// Loads every block that is neither deactivated nor expired.
+    pub async fn load(db: &Db, now: Timestamp) -> Result<Self> {
+        // The number first: a change committed while the pages load is
+        // then applied again by the follower, which is harmless, instead
+        // of being missed.
+        let seen_seq = changes::last_seq(db.reader()).await?;
+
+        let mut index = BlocklistIndex::new();
+        let mut after_id = 0;
+        loop {
+            let loaded = load_page(db, now, after_id, &mut index).await?;
+            match loaded {
+                Some(last_id) => after_id = last_id,
+                None => break,
+            }
+        }
+        tracing::info!(blocks = index.len(), "blocklist index loaded");
+        Ok(Self {
+            index: Arc::new(RwLock::new(index)),
+            seen_seq: Arc::new(AtomicI64::new(seen_seq)),
+        })
+    }
+
+    /// Follows the change log until the task is aborted, applying what
+    /// other processes commit. Errors (the database away for a moment) are
+    /// logged and the next round tries again from the same number.
+    pub fn follow(&self, db: Db, clock: Arc<dyn Clock>) -> tokio::task::JoinHandle<()> {
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(FOLLOW_INTERVAL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if let Err(error) = shared.catch_up(&db, clock.now()).await {
+                    tracing::warn!(%error, "cannot read the blocklist change log");
+                }
+            }
+        })
+    }
+
+    /// Applies every block changed after the last number seen, up to the
+    /// newest committed number. Returns how many blocks were applied.
+    pub async fn catch_up(&self, db: &Db, now: Timestamp) -> Result<usize> {
+        let from = self.seen_seq.load(Ordering::Acquire);
+        let upto = changes::last_seq(db.reader()).await?;
+        if upto <= from {
+            return Ok(0);
+        }
+
+        let mut applied = 0;
+        let mut after = (from, i64::MAX);
+        loop {
+            let page = changed_page(db, now, after, upto).await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = (last.seq, last.id);
+            applied += page.len();
+            self.apply_followed(&page);
+        }
+
+        self.seen_seq.fetch_max(upto, Ordering::AcqRel);
+        Ok(applied)
+    }
+
+    fn apply_followed(&self, page: &[FollowedBlock]) {
+        let mut index = self.write();
+        for block in page {
+            if block.is_active {
+                index.upsert(block.id, &block.entity, block.expires_at);
+            } else {
+                index.remove(block.id, &block.entity);
+            }
+        }
+    }
+
+    /// Ids of the blocks matching `entity` at `now`.
+    pub fn matching(&self, entity: &Entity, now: Timestamp) -> Vec<i64> {
+        self.read().matching(entity, now)
+    }
+
+    /// Applies a committed transaction's changes.
+    pub fn apply(&self, changes: BlockChanges) {
+        let mut index = self.write();
+        for block in &changes.blocks {
+            let Ok(entity) = Entity::parse(block.entity_type, &block.value) else {
+                continue;
+            };
+            if block.is_active {
+                index.upsert(block.id, &entity, block.expires_at);
+            } else {
+                index.remove(block.id, &entity);
+            }
+        }
+        for network in &changes.allowlisted {
+            index.remove_overlapping(network);
+        }
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    // A panic while holding the lock leaves a consistent map (every change
+    // is one insert or remove), so a poisoned lock is still read.
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BlocklistIndex> {
+        self.index
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BlocklistIndex> {
+        self.index
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

@@ -1,0 +1,75 @@
+//! Two servers on one database, as replicas sharing PostgreSQL run (and,
+//! on SQLite, two servers on one file): a change made on either is enforced
+//! by the other within a second, through the blocklist's change log.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::TestApp;
+
+/// The longest a replica may take to enforce another's change.
+const WITHIN: Duration = Duration::from_secs(1);
+
+/// Polls `app`'s check for `address` until it answers `blocked`, and
+/// returns how long that took; fails after `WITHIN`.
+async fn until_checked(app: &TestApp, address: &str, blocked: bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        let check = app.check_ip(address).await;
+        if check.body["blocked"] == json!(blocked) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < WITHIN,
+            "{address} still answers blocked = {} after {WITHIN:?}",
+            !blocked
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+backend_tests! {
+    async fn a_block_on_one_replica_is_enforced_by_the_other(app: TestApp) {
+        let other = app.replica().await;
+        other.check_ip("198.51.100.61").await;
+
+        let block = app.block("ip", "198.51.100.61", json!({})).await.expect(201);
+        until_checked(&other, "198.51.100.61", true).await;
+
+        let deactivated = format!("/security/policy/blocks/{}/deactivate", block.id());
+        other.admin_post(&deactivated, json!({"reason": "false positive"})).await.expect(200);
+        until_checked(&app, "198.51.100.61", false).await;
+
+        other.stop().await;
+    }
+
+    async fn ranges_and_extensions_reach_the_other_replica(app: TestApp) {
+        let other = app.replica().await;
+
+        app.block("cidr", "2001:db8:61::/48", json!({"duration_seconds": 60})).await.expect(201);
+        until_checked(&other, "2001:db8:61::7", true).await;
+
+        // Extended on the first replica: the second must hold the later
+        // expiry, or it would stop enforcing after the first minute.
+        app.block("cidr", "2001:db8:61::/48", json!({"duration_seconds": 3600}))
+            .await
+            .expect(200);
+        tokio::time::sleep(WITHIN).await;
+        app.clock.advance_seconds(120);
+        let check = other.check_ip("2001:db8:61::7").await;
+        assert_eq!(check.body["blocked"], json!(true), "{}", check.text);
+
+        other.stop().await;
+    }
+
+    async fn a_replica_started_later_loads_what_the_first_made(app: TestApp) {
+        app.block("ip", "203.0.113.61", json!({})).await.expect(201);
+
+        let other = app.replica().await;
+        let check = other.check_ip("203.0.113.61").await;
+        assert_eq!(check.body["blocked"], json!(true));
+
+        other.stop().await;
+    }
+}
