@@ -36,6 +36,8 @@ pub struct AppState {
     /// The active blocklist in memory, which checks read; every change
     /// applies to it after its transaction commits.
     pub blocklist: blocklist::SharedIndex,
+    /// Tokens authenticated in the last second.
+    pub tokens: auth::TokenCache,
 }
 
 /// Every path of the API, in one place: each domain contributes its routes.
@@ -151,6 +153,7 @@ pub async fn start(settings: &ServeSettings, clock: Arc<dyn Clock>) -> Result<Ru
             clock,
             events,
             blocklist: index,
+            tokens: auth::TokenCache::default(),
         },
         settings,
     );

@@ -4,6 +4,7 @@
 //! to a set of capabilities (API.md's role table). Honeypots authenticate
 //! separately with their instance key (see `honeypots`).
 
+mod cache;
 mod secret;
 pub mod tokens;
 
@@ -17,6 +18,7 @@ use crate::actions::Source;
 use crate::error::{Error, Result};
 use crate::server::AppState;
 
+pub use cache::TokenCache;
 pub use secret::{digests_match, Secret};
 
 /// A token's role. `viewer < analyst < policy_owner < admin` each include

@@ -10,6 +10,7 @@ use sqlx::Row;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use super::cache::KnownToken;
 use super::{digests_match, Capability, Principal, Role, Secret, BEARER_EXPECTED};
 use crate::audit::{self, Change};
 use crate::error::{Error, Result};
@@ -57,36 +58,55 @@ pub struct CreateToken {
 /// Finds the principal behind a bearer token and notes its use.
 pub async fn authenticate(state: &AppState, token: &Secret) -> Result<Principal> {
     let digest = token.digest();
+    let known = match state.tokens.get(&digest) {
+        Some(known) => known,
+        None => {
+            let known = find_token(&state.db, &digest).await?;
+            state.tokens.insert(digest.clone(), known.clone());
+            known
+        }
+    };
+
+    let now = state.clock.now().millis();
+    if known
+        .last_used_at
+        .is_none_or(|at| now - at >= LAST_USED_RESOLUTION_MILLIS)
+    {
+        sqlx::query("UPDATE tokens SET last_used_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(known.id)
+            .execute(state.db.writer())
+            .await?;
+        state.tokens.note_use(&digest, now);
+    }
+    Ok(known.principal)
+}
+
+/// The working token with this digest, or 401.
+async fn find_token(db: &Db, digest: &str) -> Result<KnownToken> {
     let row = sqlx::query(
         "SELECT id, name, role, token_hash, last_used_at FROM tokens \
          WHERE token_hash = $1 AND revoked_at IS NULL",
     )
-    .bind(&digest)
-    .fetch_optional(state.db.reader())
+    .bind(digest)
+    .fetch_optional(db.reader())
     .await?
     .ok_or(Error::Unauthorized(BEARER_EXPECTED))?;
 
     let stored: String = row.try_get("token_hash")?;
-    if !digests_match(&stored, &digest) {
+    if !digests_match(&stored, digest) {
         return Err(Error::Unauthorized(BEARER_EXPECTED));
     }
     let role: String = row.try_get("role")?;
-    let principal = Principal {
-        name: row.try_get("name")?,
-        role: Role::parse(&role).ok_or_else(|| Error::Internal(format!("stored role {role}")))?,
-    };
-
-    let now = state.clock.now().millis();
-    let last_used: Option<i64> = row.try_get("last_used_at")?;
-    if last_used.is_none_or(|at| now - at >= LAST_USED_RESOLUTION_MILLIS) {
-        let id: i64 = row.try_get("id")?;
-        sqlx::query("UPDATE tokens SET last_used_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(id)
-            .execute(state.db.writer())
-            .await?;
-    }
-    Ok(principal)
+    Ok(KnownToken {
+        id: row.try_get("id")?,
+        principal: Principal {
+            name: row.try_get("name")?,
+            role: Role::parse(&role)
+                .ok_or_else(|| Error::Internal(format!("stored role {role}")))?,
+        },
+        last_used_at: row.try_get("last_used_at")?,
+    })
 }
 
 /// Issues a token. Used by the API, the command line and bootstrap.
@@ -279,6 +299,7 @@ async fn revoke_token(
         .ok_or_else(|| Error::NotFound(format!("no working token named `{name}`")))?;
 
     revoke_token_named(&state.db, state.clock.now(), &principal.name, &name).await?;
+    state.tokens.evict_named(&name);
 
     tracing::info!(token.name = %name, "token revoked");
     Ok(Json(token))

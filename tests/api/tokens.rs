@@ -168,6 +168,33 @@ backend_tests! {
             .expect_problem(404);
     }
 
+    async fn a_token_revoked_by_another_process_stops_working_within_a_second(app: TestApp) {
+        let token = app.token("edge-proxy", "bouncer").await;
+        app.get("/security/policy/blocks/check?ip=192.0.2.1", &token).await.expect(200);
+
+        // As `valhalla token revoke` does beside a running server, or a
+        // replica: through the database, not through this server.
+        let db = valhalla::storage::Db::connect(&app.database_url).await.unwrap();
+        valhalla::auth::tokens::revoke_token_named(&db, app.now(), "cli", "edge-proxy")
+            .await
+            .unwrap();
+        db.close().await;
+
+        let started = std::time::Instant::now();
+        loop {
+            let reply = app.get("/security/policy/blocks/check?ip=192.0.2.1", &token).await;
+            if reply.status.as_u16() == 401 {
+                break;
+            }
+            assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
+            assert!(
+                started.elapsed() < std::time::Duration::from_millis(1500),
+                "the revoked token still works after 1.5 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     async fn only_an_admin_manages_tokens(app: TestApp) {
         let owner = app.token("owner", "policy_owner").await;
         app.post(TOKENS, &owner, json!({"name": "sneaky", "role": "admin"}))
