@@ -237,8 +237,9 @@ pub struct CheckResult {
 }
 
 /// Answers whether an address or entity is blocked right now: from the
-/// in-memory index, then the matching blocks' records by id, so that a
-/// check that matches nothing (the usual case) touches no database.
+/// in-memory index, then the matching blocks' records (cached once read),
+/// so that a check touches the database only for a block it has not
+/// returned since the block last changed.
 #[utoipa::path(get, path = "/security/policy/blocks/check", tag = "blocklist",
     params(CheckQuery),
     responses((status = 200, body = CheckResult), (status = 400)), security(("bearer" = [])))]
@@ -251,8 +252,10 @@ async fn check_block(
     let now = state.clock.now();
     let entity = parse_check_query(query)?;
 
-    let ids = state.blocklist.matching(&entity, now);
-    let matches = store::active_blocks_by_id(state.db.reader(), &ids, now).await?;
+    let matches = state
+        .blocklist
+        .matching_blocks(&state.db, &entity, now)
+        .await?;
 
     Ok(Json(CheckResult {
         blocked: !matches.is_empty(),

@@ -3,8 +3,9 @@
 //! what other processes (replicas sharing PostgreSQL, a second server on
 //! the same SQLite file) commit.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use sqlx::Row;
@@ -13,6 +14,7 @@ use super::changes;
 use super::entity::{Entity, EntityType, Network};
 use super::index::BlocklistIndex;
 use super::model::Block;
+use super::store;
 use crate::clock::Clock;
 use crate::error::Result;
 use crate::storage::Db;
@@ -61,6 +63,22 @@ impl BlockChanges {
         self.allowlisted.extend(other.allowlisted);
     }
 }
+
+/// Blocks whose full records a check recently returned. A proxy asking
+/// about every request it serves asks about the same blocked addresses
+/// again and again; without this, each of those checks would read the
+/// database. Every change applied to the index evicts the changed blocks
+/// and moves `generation` on, so a record read before a change is never
+/// cached after it.
+#[derive(Default)]
+struct RecordCache {
+    blocks: HashMap<i64, Block>,
+    generation: u64,
+}
+
+/// Records cached at most (some tens of megabytes); past it the cache
+/// starts afresh.
+const RECORD_CACHE_CAPACITY: usize = 100_000;
 
 /// How often a replica looks for changes others committed: well inside
 /// the one second within which every replica must enforce a change.
@@ -167,6 +185,7 @@ async fn load_page(
 #[derive(Clone, Default)]
 pub struct SharedIndex {
     index: Arc<RwLock<BlocklistIndex>>,
+    records: Arc<Mutex<RecordCache>>,
     /// The change log number up to which the index holds every change.
     seen_seq: Arc<AtomicI64>,
 }
@@ -191,6 +210,7 @@ impl SharedIndex {
         tracing::info!(blocks = index.len(), "blocklist index loaded");
         Ok(Self {
             index: Arc::new(RwLock::new(index)),
+            records: Arc::default(),
             seen_seq: Arc::new(AtomicI64::new(seen_seq)),
         })
     }
@@ -238,6 +258,7 @@ impl SharedIndex {
     }
 
     fn apply_followed(&self, page: &[FollowedBlock]) {
+        self.forget_records(page.iter().map(|block| block.id));
         let mut index = self.write();
         for block in page {
             if block.is_active {
@@ -253,8 +274,79 @@ impl SharedIndex {
         self.read().matching(entity, now)
     }
 
+    /// The active blocks matching `entity` at `now`, newest first: ids from
+    /// the index, records from the record cache or else the database.
+    pub async fn matching_blocks(
+        &self,
+        db: &Db,
+        entity: &Entity,
+        now: Timestamp,
+    ) -> Result<Vec<Block>> {
+        let ids = self.matching(entity, now);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        let (mut found, missing, generation) = self.cached_records(&ids);
+        if !missing.is_empty() {
+            let loaded = store::active_blocks_by_id(db.reader(), &missing, now).await?;
+            self.remember_records(generation, &loaded);
+            found.extend(loaded);
+        }
+
+        for block in &mut found {
+            block.is_active =
+                block.deactivated_at.is_none() && block.expires_at.is_none_or(|at| at > now);
+        }
+        found.retain(|block| block.is_active);
+        found.sort_by(|a, b| b.id.cmp(&a.id));
+        Ok(found)
+    }
+
+    /// The cached records among `ids`, the ids not cached, and the cache's
+    /// generation to hand back to `remember_records`.
+    fn cached_records(&self, ids: &[i64]) -> (Vec<Block>, Vec<i64>, u64) {
+        let records = self.records();
+        let mut found = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            match records.blocks.get(id) {
+                Some(block) => found.push(block.clone()),
+                None => missing.push(*id),
+            }
+        }
+        (found, missing, records.generation)
+    }
+
+    /// Caches records read from the database, unless a change was applied
+    /// since the read began: the records might predate it.
+    fn remember_records(&self, generation: u64, loaded: &[Block]) {
+        let mut records = self.records();
+        if records.generation != generation {
+            return;
+        }
+        if records.blocks.len() + loaded.len() > RECORD_CACHE_CAPACITY {
+            records.blocks.clear();
+        }
+        for block in loaded {
+            records.blocks.insert(block.id, block.clone());
+        }
+    }
+
+    fn forget_records(&self, ids: impl Iterator<Item = i64>) {
+        let mut records = self.records();
+        records.generation += 1;
+        for id in ids {
+            records.blocks.remove(&id);
+        }
+    }
+
     /// Applies a committed transaction's changes.
     pub fn apply(&self, changes: BlockChanges) {
+        self.forget_records(changes.blocks.iter().map(|block| block.id));
+        if !changes.allowlisted.is_empty() {
+            self.records().blocks.clear();
+        }
         let mut index = self.write();
         for block in &changes.blocks {
             let Ok(entity) = Entity::parse(block.entity_type, &block.value) else {
@@ -282,6 +374,14 @@ impl SharedIndex {
 
     // A panic while holding the lock leaves a consistent map (every change
     // is one insert or remove), so a poisoned lock is still read.
+    // Each critical section leaves the map consistent, so a poisoned lock
+    // still guards a usable cache.
+    fn records(&self) -> std::sync::MutexGuard<'_, RecordCache> {
+        self.records
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BlocklistIndex> {
         self.index
             .write()

@@ -693,6 +693,27 @@ backend_tests! {
         assert_eq!(matched_ids(&app, "198.51.100.16").await, vec![outside]);
     }
 
+    async fn a_check_answers_a_block_as_it_stands_after_each_change(app: TestApp) {
+        let block = app
+            .block("ip", "203.0.113.64", json!({"duration_seconds": 60}))
+            .await
+            .expect(201);
+        let first = app.check_ip("203.0.113.64").await;
+        assert_eq!(first.body["matches"][0]["expires_at"], block.body["expires_at"]);
+
+        let extended = app
+            .block("ip", "203.0.113.64", json!({"duration_seconds": 7200}))
+            .await
+            .expect(200);
+        let second = app.check_ip("203.0.113.64").await;
+        assert_eq!(second.body["matches"][0]["expires_at"], extended.body["expires_at"]);
+        assert_eq!(second.body["matches"][0]["id"], block.body["id"]);
+
+        deactivate(&app, block.id(), "false positive").await.expect(200);
+        let third = app.check_ip("203.0.113.64").await;
+        assert_eq!(third.body, json!({"blocked": false, "matches": []}));
+    }
+
     async fn an_entity_blocked_again_after_its_block_expired_gets_a_new_block(app: TestApp) {
         let first = app
             .block("ip", "203.0.113.60", json!({"duration_seconds": 60}))

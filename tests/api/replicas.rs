@@ -50,12 +50,22 @@ backend_tests! {
         app.block("cidr", "2001:db8:61::/48", json!({"duration_seconds": 60})).await.expect(201);
         until_checked(&other, "2001:db8:61::7", true).await;
 
-        // Extended on the first replica: the second must hold the later
-        // expiry, or it would stop enforcing after the first minute.
-        app.block("cidr", "2001:db8:61::/48", json!({"duration_seconds": 3600}))
+        // Extended on the first replica: the second must answer with the
+        // later expiry (its record of the block is cached since the check
+        // above), and keep enforcing after the first minute.
+        let extended = app
+            .block("cidr", "2001:db8:61::/48", json!({"duration_seconds": 3600}))
             .await
             .expect(200);
-        tokio::time::sleep(WITHIN).await;
+        let started = Instant::now();
+        loop {
+            let check = other.check_ip("2001:db8:61::7").await;
+            if check.body["matches"][0]["expires_at"] == extended.body["expires_at"] {
+                break;
+            }
+            assert!(started.elapsed() < WITHIN, "still the old expiry: {}", check.text);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         app.clock.advance_seconds(120);
         let check = other.check_ip("2001:db8:61::7").await;
         assert_eq!(check.body["blocked"], json!(true), "{}", check.text);
