@@ -38,6 +38,8 @@ pub struct AppState {
     pub blocklist: blocklist::SharedIndex,
     /// Tokens authenticated in the last second.
     pub tokens: auth::TokenCache,
+    /// Honeypot keys authenticated in the last second.
+    pub honeypot_keys: auth::CredentialCache<honeypots::AuthenticatedHoneypot>,
 }
 
 /// Every path of the API, in one place: each domain contributes its routes.
@@ -154,6 +156,7 @@ pub async fn start(settings: &ServeSettings, clock: Arc<dyn Clock>) -> Result<Ru
             events,
             blocklist: index,
             tokens: auth::TokenCache::default(),
+            honeypot_keys: auth::CredentialCache::default(),
         },
         settings,
     );

@@ -1,15 +1,17 @@
-//! Recently authenticated tokens, so that a busy machine client (a proxy
-//! checking every request it serves, a bouncer polling) costs no database
-//! query per request.
+//! Recently authenticated credentials (API tokens, honeypot keys), so that
+//! a busy machine client (a proxy checking every request it serves, a
+//! bouncer polling, a honeypot posting events one by one) costs no
+//! database query per request.
 //!
 //! An entry is trusted for [`TRUSTED_FOR`]. A revocation through this
-//! server evicts the token's entries at once; a revocation made elsewhere
-//! (another replica, `valhalla token revoke` beside a running server)
-//! takes effect here when the entry's trust runs out, within a second.
-//! A request that read the token just before the revocation committed may
-//! cache it after the eviction; that, too, lasts at most a second. Only
-//! successes are cached: an unknown token is looked up every time, so a
-//! token issued a moment ago works at once.
+//! server (a token revoked, a honeypot deactivated or its key rotated)
+//! evicts its entries at once; one made elsewhere (another replica,
+//! `valhalla token revoke` beside a running server) takes effect here when
+//! the entry's trust runs out, within a second. A request that read the
+//! credential just before the revocation committed may cache it after the
+//! eviction; that, too, lasts at most a second. Only successes are cached:
+//! an unknown credential is looked up every time, so one issued a moment
+//! ago works at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,22 +36,40 @@ pub struct KnownToken {
     pub last_used_at: Option<i64>,
 }
 
-#[derive(Clone, Default)]
-pub struct TokenCache {
-    /// By token digest; the plaintext is never kept.
-    entries: Arc<Mutex<HashMap<String, (KnownToken, Instant)>>>,
+/// Credentials by digest; the plaintext is never kept.
+pub struct CredentialCache<T> {
+    entries: Arc<Mutex<HashMap<String, (T, Instant)>>>,
 }
 
-impl TokenCache {
-    /// The token of a digest authenticated less than a second ago.
-    pub fn get(&self, digest: &str) -> Option<KnownToken> {
+pub type TokenCache = CredentialCache<KnownToken>;
+
+// Derived `Clone` and `Default` would demand them of `T` too.
+impl<T> Clone for CredentialCache<T> {
+    fn clone(&self) -> Self {
+        Self {
+            entries: self.entries.clone(),
+        }
+    }
+}
+
+impl<T> Default for CredentialCache<T> {
+    fn default() -> Self {
+        Self {
+            entries: Arc::default(),
+        }
+    }
+}
+
+impl<T: Clone> CredentialCache<T> {
+    /// What a digest authenticated as less than a second ago.
+    pub fn get(&self, digest: &str) -> Option<T> {
         let entries = self.lock();
         let (token, at) = entries.get(digest)?;
         (at.elapsed() < TRUSTED_FOR).then(|| token.clone())
     }
 
-    /// Remembers a token just read from the database.
-    pub fn insert(&self, digest: String, token: KnownToken) {
+    /// Remembers a credential just read from the database.
+    pub fn insert(&self, digest: String, token: T) {
         let mut entries = self.lock();
         if entries.len() >= CAPACITY {
             entries.clear();
@@ -57,22 +77,21 @@ impl TokenCache {
         entries.insert(digest, (token, Instant::now()));
     }
 
-    /// Notes a new `last_used_at` without extending the entry's trust.
-    pub fn note_use(&self, digest: &str, at: i64) {
-        if let Some((token, _)) = self.lock().get_mut(digest) {
-            token.last_used_at = Some(at);
+    /// Changes a cached entry without extending its trust.
+    pub fn update(&self, digest: &str, change: impl FnOnce(&mut T)) {
+        if let Some((entry, _)) = self.lock().get_mut(digest) {
+            change(entry);
         }
     }
 
-    /// Forgets every entry of the token named `name`.
-    pub fn evict_named(&self, name: &str) {
-        self.lock()
-            .retain(|_, (token, _)| token.principal.name != name);
+    /// Forgets every entry for which `doomed` holds.
+    pub fn evict(&self, doomed: impl Fn(&T) -> bool) {
+        self.lock().retain(|_, (entry, _)| !doomed(entry));
     }
 
     // Every critical section is one map operation, so a poisoned lock
     // still guards a consistent map.
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (KnownToken, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (T, Instant)>> {
         self.entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -103,7 +122,7 @@ mod tests {
 
         let found = cache.get("digest-a").map(|token| token.principal.name);
         assert_eq!(found, Some("edge".to_string()));
-        cache.evict_named("edge");
+        cache.evict(|token| token.principal.name == "edge");
         assert!(cache.get("digest-a").is_none());
         assert!(cache.get("digest-b").is_some());
     }

@@ -18,7 +18,7 @@ use crate::actions::Source;
 use crate::error::{Error, Result};
 use crate::server::AppState;
 
-pub use cache::TokenCache;
+pub use cache::{CredentialCache, TokenCache};
 pub use secret::{digests_match, Secret};
 
 /// A token's role. `viewer < analyst < policy_owner < admin` each include

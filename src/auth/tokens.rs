@@ -77,7 +77,9 @@ pub async fn authenticate(state: &AppState, token: &Secret) -> Result<Principal>
             .bind(known.id)
             .execute(state.db.writer())
             .await?;
-        state.tokens.note_use(&digest, now);
+        state
+            .tokens
+            .update(&digest, |known| known.last_used_at = Some(now));
     }
     Ok(known.principal)
 }
@@ -299,7 +301,7 @@ async fn revoke_token(
         .ok_or_else(|| Error::NotFound(format!("no working token named `{name}`")))?;
 
     revoke_token_named(&state.db, state.clock.now(), &principal.name, &name).await?;
-    state.tokens.evict_named(&name);
+    state.tokens.evict(|known| known.principal.name == name);
 
     tracing::info!(token.name = %name, "token revoked");
     Ok(Json(token))

@@ -334,6 +334,7 @@ async fn deactivate_honeypot(
         None => find_instance(&mut tx, id).await?,
     };
     tx.commit().await?;
+    state.honeypot_keys.evict(|honeypot| honeypot.id == id);
 
     Ok(Json(instance))
 }
@@ -380,6 +381,7 @@ async fn rotate_honeypot_key(
     )
     .await?;
     tx.commit().await?;
+    state.honeypot_keys.evict(|honeypot| honeypot.id == id);
 
     tracing::info!(honeypot.id = id, "honeypot key rotated");
     Ok(Json(HoneypotWithKey {

@@ -28,6 +28,9 @@ impl FromRequestParts<AppState> for AuthenticatedHoneypot {
             .map(|value| Secret::new(value.trim()))
             .ok_or_else(honeypot_unauthorized)?;
         let digest = key.digest();
+        if let Some(honeypot) = state.honeypot_keys.get(&digest) {
+            return Ok(honeypot);
+        }
 
         let row = sqlx::query(
             "SELECT id, key_hash FROM honeypot_instances \
@@ -42,9 +45,11 @@ impl FromRequestParts<AppState> for AuthenticatedHoneypot {
         if !digests_match(&stored, &digest) {
             return Err(honeypot_unauthorized());
         }
-        Ok(AuthenticatedHoneypot {
+        let honeypot = AuthenticatedHoneypot {
             id: row.try_get("id")?,
-        })
+        };
+        state.honeypot_keys.insert(digest, honeypot.clone());
+        Ok(honeypot)
     }
 }
 
