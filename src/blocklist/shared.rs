@@ -299,7 +299,7 @@ impl SharedIndex {
                 block.deactivated_at.is_none() && block.expires_at.is_none_or(|at| at > now);
         }
         found.retain(|block| block.is_active);
-        found.sort_by(|a, b| b.id.cmp(&a.id));
+        found.sort_by_key(|block| std::cmp::Reverse(block.id));
         Ok(found)
     }
 
