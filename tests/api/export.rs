@@ -406,6 +406,41 @@ backend_tests! {
         assert_ne!(changed.headers()[ETAG].to_str().unwrap(), etag);
     }
 
+    async fn the_etag_moves_with_every_kind_of_change(app: TestApp) {
+        let lasting = app.block("ip", "198.51.100.3", json!({})).await.expect(201);
+        app.block("ip", "198.51.100.4", json!({"duration_seconds": 60})).await.expect(201);
+        let mut seen = vec![header(&export(&app, "plain").await, ETAG).to_string()];
+        let mut expect_new_tag = |reply: &Reply, what: &str| {
+            let tag = header(reply, ETAG).to_string();
+            assert!(!seen.contains(&tag), "{what}: the tag {tag} was seen before");
+            seen.push(tag);
+        };
+
+        // Expired but not yet swept: the export changes, so must the tag.
+        app.clock.advance_seconds(61);
+        let expired = export(&app, "plain").await;
+        expect_new_tag(&expired, "expiry");
+        assert!(!expired.text.contains("198.51.100.4"), "{}", expired.text);
+
+        app.block("ip", "198.51.100.3", json!({"duration_seconds": 60})).await.expect(200);
+        let deactivate = format!("/security/policy/blocks/{}/deactivate", lasting.id());
+        app.admin_post(&deactivate, json!({})).await.expect(200);
+        expect_new_tag(&export(&app, "plain").await, "deactivation");
+
+        app.block("cidr", "203.0.113.0/24", json!({})).await.expect(201);
+        expect_new_tag(&export(&app, "plain").await, "a new block");
+        app.update_policy(json!({"allowlist": ["127.0.0.0/8", "203.0.113.0/25"]}))
+            .await
+            .expect(200);
+        let allowlisted = export(&app, "plain").await;
+        expect_new_tag(&allowlisted, "the allowlist");
+        assert_eq!(allowlisted.text, "");
+
+        // ipset writes remaining seconds, which change on their own.
+        let ipset = export(&app, "ipset").await;
+        assert!(header(&ipset, ETAG).starts_with("W/\""), "{:?}", ipset.headers);
+    }
+
     async fn an_unknown_or_missing_format_is_a_bad_request(app: TestApp) {
         for query in ["?format=iptables", "?format=", ""] {
             app.admin_get(&format!("/security/policy/blocks/export{query}"))
