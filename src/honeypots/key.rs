@@ -5,8 +5,9 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use sqlx::Row;
 
-use crate::auth::{digests_match, Secret};
+use crate::auth::digests_match;
 use crate::error::{Error, Result};
+use crate::ratelimit::{header_secret, CredentialKind};
 use crate::server::AppState;
 
 pub const HEADER: &str = "x-honeypot-key";
@@ -21,12 +22,7 @@ impl FromRequestParts<AppState> for AuthenticatedHoneypot {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        let key = parts
-            .headers
-            .get(HEADER)
-            .and_then(|value| value.to_str().ok())
-            .map(|value| Secret::new(value.trim()))
-            .ok_or_else(honeypot_unauthorized)?;
+        let key = header_secret(&parts.headers, HEADER).ok_or_else(honeypot_unauthorized)?;
         let digest = key.digest();
 
         let row = sqlx::query(
@@ -42,6 +38,7 @@ impl FromRequestParts<AppState> for AuthenticatedHoneypot {
         if !digests_match(&stored, &digest) {
             return Err(honeypot_unauthorized());
         }
+        crate::ratelimit::confirm(&parts.extensions, CredentialKind::HoneypotKey);
         Ok(AuthenticatedHoneypot {
             id: row.try_get("id")?,
         })

@@ -10,6 +10,7 @@ mod writer;
 
 pub use events::{EventType, HoneypotEvent, NewEvent};
 pub use instances::{HoneypotInstance, HoneypotType};
+pub use key::HEADER as KEY_HEADER;
 pub use writer::EventWriter;
 
 use axum::extract::DefaultBodyLimit;
