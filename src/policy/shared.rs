@@ -39,11 +39,6 @@ impl SharedPolicy {
         }
     }
 
-    /// The policy as last committed.
-    pub fn current(&self) -> Arc<Policy> {
-        self.read().clone()
-    }
-
     /// The rate limit of the current mode.
     pub fn rate_limit(&self) -> RateLimit {
         let policy = self.read();

@@ -276,8 +276,12 @@ backend_tests! {
         let paths = document["paths"].as_object().expect("paths");
         for (path, item) in paths {
             let methods = ["get", "put", "post", "delete", "patch", "head"];
-            let operations = item.as_object().expect("an item").iter();
-            for (method, operation) in operations.filter(|(key, _)| methods.contains(&key.as_str())) {
+            let operations = item
+                .as_object()
+                .expect("an item")
+                .iter()
+                .filter(|(key, _)| methods.contains(&key.as_str()));
+            for (method, operation) in operations {
                 let declared = &operation["responses"]["429"];
                 if path == "/healthz" || path == "/readyz" {
                     assert_eq!(*declared, Value::Null, "{method} {path}");
