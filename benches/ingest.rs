@@ -157,6 +157,22 @@ async fn register_honeypot(http: &reqwest::Client, server: &Server, name: &str) 
     reply["api_key"].as_str().expect("an api key").to_string()
 }
 
+/// Raises the normal mode's per-client limit far above what one machine
+/// sends: this measures what ingest can take, and 64 clients posting single
+/// events as one honeypot would otherwise meet the default 100 a second.
+async fn lift_rate_limit(http: &reqwest::Client, server: &Server) {
+    let limit = json!({"requests_per_minute": 60_000_000, "burst": 1_000_000});
+    let status = http
+        .post(format!("{}/security/policy/", server.base_url))
+        .bearer_auth(&server.token)
+        .json(&json!({"rate_limits": {"normal": limit}}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 200, "the rate limit is raised");
+}
+
 /// Bulk ingest through HTTP: two senders, batches of `BATCH_LINES`.
 async fn measure_bulk(http: &reqwest::Client, server: &Server, lines: &[String]) -> (f64, Instant) {
     let key = register_honeypot(http, server, "bulk").await;
@@ -385,6 +401,7 @@ async fn measure_backend(backend: &'static str, events: usize, posts: usize) -> 
     let server = Server::start(&server_url, dir);
     let http = reqwest::Client::new();
     server.wait_ready(&http).await;
+    lift_rate_limit(&http, &server).await;
     let (bulk, started) = measure_bulk(&http, &server, &lines).await;
     let judged = measure_judging(&http, &server, lines.len(), started).await;
     let single = measure_single(&server, posts).await;

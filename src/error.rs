@@ -51,6 +51,10 @@ pub enum Error {
         detail: String,
         errors: Vec<FieldError>,
     },
+    /// Over the client's rate limit; the next request is admitted in this
+    /// many seconds.
+    #[error("rate limited for {0} s")]
+    RateLimited(u64),
     #[error("not ready: {0}")]
     Unavailable(String),
     #[error("database error: {0}")]
@@ -93,6 +97,7 @@ impl Error {
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Database(_) | Error::Internal(_) | Error::Command(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -110,6 +115,7 @@ impl Error {
             Error::PayloadTooLarge => "payload-too-large",
             Error::UnsupportedMediaType(_) => "unsupported-media-type",
             Error::Invalid { .. } => "validation-failed",
+            Error::RateLimited(_) => "rate-limited",
             Error::Unavailable(_) => "not-ready",
             Error::Database(_) | Error::Internal(_) | Error::Command(_) => "internal-error",
         }
@@ -127,6 +133,9 @@ impl Error {
             Error::Invalid { detail, .. } => detail.clone(),
             Error::Unauthorized(expected) => format!("missing or unknown credentials: {expected}"),
             Error::PayloadTooLarge => "the request body exceeds the configured limit".to_string(),
+            Error::RateLimited(seconds) => {
+                format!("this client is over its rate limit; retry after {seconds} s")
+            }
             Error::Database(_) | Error::Internal(_) | Error::Command(_) => {
                 "the server failed to handle this request; it has been logged".to_string()
             }
@@ -152,6 +161,10 @@ impl IntoResponse for Error {
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(error = %self, "request failed inside the server");
         }
+        let retry_after = match self {
+            Error::RateLimited(seconds) => Some(HeaderValue::from(seconds)),
+            _ => None,
+        };
         let problem = Problem {
             problem_type: format!("/problems/{}", self.slug()),
             title: status.canonical_reason().unwrap_or("Error").to_string(),
@@ -162,7 +175,13 @@ impl IntoResponse for Error {
                 _ => None,
             },
         };
-        problem_response(status, &problem)
+        let mut response = problem_response(status, &problem);
+        if let Some(retry_after) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after);
+        }
+        response
     }
 }
 

@@ -19,6 +19,7 @@ pub mod http;
 pub mod incidents;
 pub mod openapi;
 pub mod policy;
+pub mod ratelimit;
 pub mod server;
 pub mod shipper;
 pub mod storage;

@@ -1,7 +1,10 @@
 //! The OpenAPI document. Paths come from the route table itself (each
 //! handler's `#[utoipa::path]`), so the document cannot drift from the code.
 
+use utoipa::openapi::header::Header;
 use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{Object, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
@@ -45,9 +48,11 @@ const PROBLEM_MEDIA_TYPE: &str = "application/problem+json";
 /// as the extractors and `Principal::require` produce them, so no handler
 /// has to list them: credentials give 401, a bearer token's role 403,
 /// parameters or a body 400, a path parameter 404, a body 413, 415 and 422.
+/// Every path the rate limiter covers may also answer 429.
 /// Error statuses a handler documents itself keep their description.
 pub fn with_problem_responses(mut document: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
-    for item in document.paths.paths.values_mut() {
+    for (path, item) in document.paths.paths.iter_mut() {
+        let rate_limited = !crate::ratelimit::EXEMPT_PATHS.contains(&path.as_str());
         let operations = [
             &mut item.get,
             &mut item.put,
@@ -57,6 +62,9 @@ pub fn with_problem_responses(mut document: utoipa::openapi::OpenApi) -> utoipa:
         ];
         for operation in operations.into_iter().flatten() {
             add_problem_responses(operation);
+            if rate_limited {
+                add_rate_limited_response(operation);
+            }
         }
     }
     document
@@ -104,6 +112,27 @@ fn add_problem_responses(operation: &mut Operation) {
             }
         }
     }
+}
+
+/// 429 with its `Retry-After` header.
+fn add_rate_limited_response(operation: &mut Operation) {
+    let schema = RefOr::Ref(Ref::from_schema_name("Problem"));
+    let retry_after = Header::builder()
+        .schema(Object::with_type(Type::Integer))
+        .description(Some(
+            "whole seconds until this client's next request is admitted",
+        ))
+        .build();
+    let response = ResponseBuilder::new()
+        .description("over this client's rate limit (the current mode's `rate_limits`)")
+        .header("Retry-After", retry_after)
+        .content(PROBLEM_MEDIA_TYPE, Content::new(Some(schema)))
+        .build();
+    operation
+        .responses
+        .responses
+        .entry("429".to_string())
+        .or_insert(RefOr::T(response));
 }
 
 /// The names of the security schemes an operation accepts.

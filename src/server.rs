@@ -23,6 +23,7 @@ use crate::config::ServeSettings;
 use crate::detection::Engine;
 use crate::error::{Error, Result};
 use crate::honeypots::EventWriter;
+use crate::ratelimit::RateLimiter;
 use crate::storage::Db;
 use crate::{actions, audit, auth, blocklist, dashboard, honeypots, incidents, openapi, policy};
 
@@ -40,6 +41,10 @@ pub struct AppState {
     pub tokens: auth::TokenCache,
     /// Honeypot keys authenticated in the last second.
     pub honeypot_keys: auth::CredentialCache<honeypots::AuthenticatedHoneypot>,
+    /// The policy in memory, which the rate limiter reads on every request;
+    /// every change applies to it after its transaction commits.
+    pub policy: policy::SharedPolicy,
+    pub rate_limiter: RateLimiter,
 }
 
 /// Every path of the API, in one place: each domain contributes its routes.
@@ -62,6 +67,10 @@ pub fn router(state: AppState, settings: &ServeSettings) -> Router {
     api.layer(Extension(document))
         .fallback(|| async { Error::NotFound("no such path".to_string()) })
         .method_not_allowed_fallback(|| async { method_not_allowed() })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::ratelimit::limit_requests,
+        ))
         .layer(axum::middleware::from_fn(crate::http::log_request))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
@@ -147,7 +156,17 @@ pub async fn start(settings: &ServeSettings, clock: Arc<dyn Clock>) -> Result<Ru
     let events = EventWriter::start(db.clone(), stored.clone());
     let index = blocklist::SharedIndex::load(&db, clock.now()).await?;
     let follower = index.follow(db.clone(), clock.clone());
-    let engine = Engine::new(db.clone(), clock.clone(), stored, index.clone());
+    let policy = policy::SharedPolicy::load(&db).await?;
+    let policy_follower = policy.follow(db.clone());
+    let rate_limiter = RateLimiter::new(policy.clone(), clock.clone());
+    let sweeper = rate_limiter.sweep();
+    let engine = Engine::new(
+        db.clone(),
+        clock.clone(),
+        stored,
+        index.clone(),
+        policy.clone(),
+    );
     let engine = tokio::spawn(engine.run());
     let app = router(
         AppState {
@@ -157,6 +176,8 @@ pub async fn start(settings: &ServeSettings, clock: Arc<dyn Clock>) -> Result<Ru
             blocklist: index,
             tokens: auth::TokenCache::default(),
             honeypot_keys: auth::CredentialCache::default(),
+            policy,
+            rate_limiter,
         },
         settings,
     );
@@ -172,8 +193,10 @@ pub async fn start(settings: &ServeSettings, clock: Arc<dyn Clock>) -> Result<Ru
         // events stay unprocessed for the next start.
         engine.abort();
         let _ = engine.await;
-        follower.abort();
-        let _ = follower.await;
+        for task in [follower, policy_follower, sweeper] {
+            task.abort();
+            let _ = task.await;
+        }
         db.close().await;
     });
     tracing::info!(%address, "valhalla is serving");

@@ -8,16 +8,18 @@ use super::payload::{ActionPayload, UnblockTarget};
 use super::store::{self, audit_transition};
 use crate::blocklist::{self, BlockChanges, NewBlock, SharedIndex};
 use crate::error::{Error, Result};
-use crate::policy::{self, load_policy};
+use crate::policy::{self, load_policy, Policy, SharedPolicy};
 use crate::storage::{Db, Tx};
 use crate::time::Timestamp;
 
 /// Executes request `id`, which must be approved (else 409). Returns the
 /// request as `executed` with its result, or as `failed` with the reason.
-/// What it did to the blocklist reaches `blocklist` once it has committed.
+/// What it did to the blocklist reaches `blocklist`, and a new policy
+/// reaches `policy`, once it has committed.
 pub async fn execute_action_request(
     db: &Db,
     blocklist: &SharedIndex,
+    policy: &SharedPolicy,
     now: Timestamp,
     id: i64,
     actor: &str,
@@ -26,15 +28,18 @@ pub async fn execute_action_request(
     let mut tx = db.begin().await?;
     let claimed = store::claim_for_execution(&mut tx, now, id, notes).await?;
     match apply_effect(&mut tx, now, &claimed).await {
-        Ok((result, changes)) => {
-            store::record_result(&mut tx, id, &result).await?;
+        Ok(effect) => {
+            store::record_result(&mut tx, id, &effect.result).await?;
             let executed = ActionRequest {
-                result: Some(result),
+                result: Some(effect.result),
                 ..claimed
             };
             audit_transition(&mut tx, now, &executed, ActionStatus::Approved, actor).await?;
             tx.commit().await?;
-            blocklist.apply(changes);
+            blocklist.apply(effect.blocks);
+            if let Some(new_policy) = effect.policy {
+                policy.replace(new_policy);
+            }
             Ok(executed)
         }
         Err(error) if is_refusal(&error) => {
@@ -76,14 +81,28 @@ async fn record_failure(
     Ok(failed)
 }
 
+/// What executing a request did, for the caches once it commits.
+struct Effect {
+    /// The request's `result`.
+    result: Value,
+    blocks: BlockChanges,
+    /// The policy as the request left it, if it changed the policy.
+    policy: Option<Policy>,
+}
+
+impl Effect {
+    fn on_blocklist(result: Value, blocks: BlockChanges) -> Self {
+        Self {
+            result,
+            blocks,
+            policy: None,
+        }
+    }
+}
+
 /// Applies the request's payload; the payload is parsed again because the
-/// policy may have changed since the request was filed. Returns the result
-/// and what changed in the blocklist, for the index after commit.
-async fn apply_effect(
-    tx: &mut Tx,
-    now: Timestamp,
-    request: &ActionRequest,
-) -> Result<(Value, BlockChanges)> {
+/// policy may have changed since the request was filed.
+async fn apply_effect(tx: &mut Tx, now: Timestamp, request: &ActionRequest) -> Result<Effect> {
     let policy = load_policy(&mut **tx).await?;
     let payload = ActionPayload::parse(
         request.action_type,
@@ -108,7 +127,8 @@ async fn apply_effect(
             };
             let outcome = blocklist::block_entity(tx, now, new_block).await?;
             let changes = BlockChanges::of(outcome.block());
-            Ok((json!({"block_id": outcome.block().id}), changes))
+            let result = json!({"block_id": outcome.block().id});
+            Ok(Effect::on_blocklist(result, changes))
         }
         ActionPayload::UnblockEntity(target) => {
             let block_id = match target {
@@ -127,12 +147,17 @@ async fn apply_effect(
             let block =
                 blocklist::deactivate_block(tx, now, block_id, &request.requested_by, &reason)
                     .await?;
-            Ok((json!({"block_id": block.id}), BlockChanges::of(&block)))
+            let result = json!({"block_id": block.id});
+            Ok(Effect::on_blocklist(result, BlockChanges::of(&block)))
         }
         ActionPayload::SetMode(mode) => {
             let policy = policy::set_mode(tx, now, &request.requested_by, mode).await?;
             let result = json!({"mode": policy.settings.mode, "policy_version": policy.version});
-            Ok((result, BlockChanges::new()))
+            Ok(Effect {
+                result,
+                blocks: BlockChanges::new(),
+                policy: Some(policy),
+            })
         }
         ActionPayload::UpdatePolicy(changes) => {
             let allowlist_changed = changes.contains_key("allowlist");
@@ -141,7 +166,11 @@ async fn apply_effect(
             if allowlist_changed {
                 blocks.record_allowlist(&policy.settings.allowlist);
             }
-            Ok((json!({"policy_version": policy.version}), blocks))
+            Ok(Effect {
+                result: json!({"policy_version": policy.version}),
+                blocks,
+                policy: Some(policy),
+            })
         }
     }
 }

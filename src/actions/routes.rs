@@ -66,7 +66,9 @@ async fn create_action_request(
         requested_by: principal.name.clone(),
     };
 
-    let request = store::file_action_request(&state.db, &state.blocklist, now, new_request).await?;
+    let request =
+        store::file_action_request(&state.db, &state.blocklist, &state.policy, now, new_request)
+            .await?;
 
     Ok((StatusCode::CREATED, Json(request)))
 }
@@ -225,8 +227,9 @@ async fn transition_action_request(
             rejected
         }
         ActionStatus::Executed => {
-            let index = &state.blocklist;
-            execute_action_request(&state.db, index, now, id, &principal.name, notes).await?
+            let (index, policy) = (&state.blocklist, &state.policy);
+            execute_action_request(&state.db, index, policy, now, id, &principal.name, notes)
+                .await?
         }
         ActionStatus::Pending | ActionStatus::Failed => {
             let current = store::find_action_request(state.db.reader(), id).await?;

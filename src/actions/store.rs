@@ -14,7 +14,7 @@ use super::payload::ActionPayload;
 use crate::audit::{self, Change};
 use crate::blocklist::SharedIndex;
 use crate::error::{Error, Result};
-use crate::policy::load_policy;
+use crate::policy::{load_policy, SharedPolicy};
 use crate::storage::{Db, Tx};
 use crate::time::Timestamp;
 
@@ -36,6 +36,7 @@ pub const AUTO_APPROVER: &str = "policy:auto_approve";
 pub async fn file_action_request(
     db: &Db,
     blocklist: &SharedIndex,
+    policy: &SharedPolicy,
     now: Timestamp,
     new: NewActionRequest,
 ) -> Result<ActionRequest> {
@@ -45,7 +46,7 @@ pub async fn file_action_request(
 
     if filed.auto_approved {
         let id = filed.request.id;
-        return execute_action_request(db, blocklist, now, id, AUTO_APPROVER, None).await;
+        return execute_action_request(db, blocklist, policy, now, id, AUTO_APPROVER, None).await;
     }
     Ok(filed.request)
 }

@@ -9,13 +9,14 @@ mod secret;
 pub mod tokens;
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::actions::Source;
 use crate::error::{Error, Result};
+use crate::ratelimit::CredentialKind;
 use crate::server::AppState;
 
 pub use cache::{CredentialCache, TokenCache};
@@ -118,16 +119,19 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        let token = bearer_token(parts).ok_or(Error::Unauthorized(BEARER_EXPECTED))?;
-        tokens::authenticate(state, &token).await
+        let token = bearer_token(&parts.headers).ok_or(Error::Unauthorized(BEARER_EXPECTED))?;
+        let principal = tokens::authenticate(state, &token).await?;
+        crate::ratelimit::confirm(&parts.extensions, CredentialKind::Bearer);
+        Ok(principal)
     }
 }
 
 /// What a 401 tells a client to send.
 pub const BEARER_EXPECTED: &str = "send a valid token as `Authorization: Bearer <token>`";
 
-fn bearer_token(parts: &Parts) -> Option<Secret> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+/// The token of an `Authorization: Bearer` header, as it is looked up.
+pub fn bearer_token(headers: &HeaderMap) -> Option<Secret> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| Secret::new(token))

@@ -20,7 +20,7 @@ use crate::blocklist::{self, SharedIndex};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::incidents::{self, SourceActivity};
-use crate::policy::load_policy;
+use crate::policy::{load_policy, SharedPolicy};
 use crate::storage::{self, Backend, Db, Tx};
 use crate::time::Timestamp;
 
@@ -57,15 +57,25 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     wake: Arc<Notify>,
     blocklist: SharedIndex,
+    /// Escalation changes the mode through action requests; what they
+    /// commit reaches the rate limiter through this.
+    policy: SharedPolicy,
 }
 
 impl Engine {
-    pub fn new(db: Db, clock: Arc<dyn Clock>, wake: Arc<Notify>, blocklist: SharedIndex) -> Self {
+    pub fn new(
+        db: Db,
+        clock: Arc<dyn Clock>,
+        wake: Arc<Notify>,
+        blocklist: SharedIndex,
+        policy: SharedPolicy,
+    ) -> Self {
         Self {
             db,
             clock,
             wake,
             blocklist,
+            policy,
         }
     }
 
@@ -148,6 +158,7 @@ impl Engine {
             let executed = actions::execute_action_request(
                 &self.db,
                 &self.blocklist,
+                &self.policy,
                 now,
                 id,
                 AUTO_APPROVER,
@@ -167,6 +178,7 @@ impl Engine {
             let executed = actions::execute_action_request(
                 &self.db,
                 &self.blocklist,
+                &self.policy,
                 now,
                 id,
                 AUTO_APPROVER,

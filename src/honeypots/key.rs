@@ -5,8 +5,9 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use sqlx::Row;
 
-use crate::auth::{digests_match, Secret};
+use crate::auth::digests_match;
 use crate::error::{Error, Result};
+use crate::ratelimit::{header_secret, CredentialKind};
 use crate::server::AppState;
 
 pub const HEADER: &str = "x-honeypot-key";
@@ -21,36 +22,41 @@ impl FromRequestParts<AppState> for AuthenticatedHoneypot {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        let key = parts
-            .headers
-            .get(HEADER)
-            .and_then(|value| value.to_str().ok())
-            .map(|value| Secret::new(value.trim()))
-            .ok_or_else(honeypot_unauthorized)?;
+        let key = header_secret(&parts.headers, HEADER).ok_or_else(honeypot_unauthorized)?;
         let digest = key.digest();
-        if let Some(honeypot) = state.honeypot_keys.get(&digest) {
-            return Ok(honeypot);
-        }
 
-        let row = sqlx::query(
-            "SELECT id, key_hash FROM honeypot_instances \
-             WHERE key_hash = $1 AND deactivated_at IS NULL",
-        )
-        .bind(&digest)
-        .fetch_optional(state.db.reader())
-        .await?
-        .ok_or_else(honeypot_unauthorized)?;
-
-        let stored: String = row.try_get("key_hash")?;
-        if !digests_match(&stored, &digest) {
-            return Err(honeypot_unauthorized());
-        }
-        let honeypot = AuthenticatedHoneypot {
-            id: row.try_get("id")?,
+        let honeypot = match state.honeypot_keys.get(&digest) {
+            Some(honeypot) => honeypot,
+            None => {
+                let honeypot = find_active_honeypot(state, &digest).await?;
+                state.honeypot_keys.insert(digest, honeypot.clone());
+                honeypot
+            }
         };
-        state.honeypot_keys.insert(digest, honeypot.clone());
+
+        crate::ratelimit::confirm(&parts.extensions, CredentialKind::HoneypotKey);
         Ok(honeypot)
     }
+}
+
+/// The active instance whose key has this digest, or 401.
+async fn find_active_honeypot(state: &AppState, digest: &str) -> Result<AuthenticatedHoneypot> {
+    let row = sqlx::query(
+        "SELECT id, key_hash FROM honeypot_instances \
+         WHERE key_hash = $1 AND deactivated_at IS NULL",
+    )
+    .bind(digest)
+    .fetch_optional(state.db.reader())
+    .await?
+    .ok_or_else(honeypot_unauthorized)?;
+
+    let stored: String = row.try_get("key_hash")?;
+    if !digests_match(&stored, digest) {
+        return Err(honeypot_unauthorized());
+    }
+    Ok(AuthenticatedHoneypot {
+        id: row.try_get("id")?,
+    })
 }
 
 fn honeypot_unauthorized() -> Error {

@@ -11,6 +11,7 @@ mod writer;
 pub use events::{EventType, HoneypotEvent, NewEvent};
 pub use instances::{HoneypotInstance, HoneypotType};
 pub use key::AuthenticatedHoneypot;
+pub use key::HEADER as KEY_HEADER;
 pub use writer::EventWriter;
 
 use axum::extract::DefaultBodyLimit;

@@ -3,9 +3,11 @@
 
 pub mod model;
 mod routes;
+mod shared;
 mod store;
 
-pub use model::{Mode, Policy, PolicySettings};
+pub use model::{Mode, Policy, PolicySettings, RateLimit};
 pub use routes::parse_update;
 pub use routes::router;
+pub use shared::SharedPolicy;
 pub use store::{ensure_policy_exists, load_policy, set_mode, update_policy, validate_update};

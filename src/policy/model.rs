@@ -42,7 +42,7 @@ pub struct EscalationThresholds {
 }
 
 /// A token bucket: sustained rate and burst size.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     pub requests_per_minute: i64,
@@ -56,6 +56,16 @@ pub struct RateLimits {
     pub normal: RateLimit,
     pub elevated: RateLimit,
     pub lockdown: RateLimit,
+}
+
+impl RateLimits {
+    pub fn for_mode(&self, mode: Mode) -> &RateLimit {
+        match mode {
+            Mode::Normal => &self.normal,
+            Mode::Elevated => &self.elevated,
+            Mode::Lockdown => &self.lockdown,
+        }
+    }
 }
 
 /// What the detection engine asks for when one source keeps attacking.

@@ -82,6 +82,7 @@ async fn post_policy(
         changes.record_allowlist(&policy.settings.allowlist);
         state.blocklist.apply(changes);
     }
+    state.policy.replace(policy.clone());
 
     Ok(Json(policy))
 }

@@ -657,9 +657,13 @@ backend_tests! {
         app: TestApp
     ) {
         let (_, key) = app.honeypot("ssh-01", "ssh").await;
+        // The test polls for the engine's ticks while in lockdown, with a
+        // clock that only moves when told: lockdown's default limit (20 at
+        // once, refilled as the clock moves) would refuse the polling.
         app.update_policy(json!({
             "escalation_thresholds": {"window_seconds": 300, "elevated": 3, "lockdown": 6},
-            "deescalation_cooldown_seconds": 600
+            "deescalation_cooldown_seconds": 600,
+            "rate_limits": {"lockdown": {"requests_per_minute": 6000, "burst": 600}}
         }))
         .await
         .expect(200);
@@ -766,9 +770,12 @@ backend_tests! {
         app.update_policy(json!({"deescalation_cooldown_seconds": 600, "mode": "elevated"}))
             .await
             .expect(200);
+        // One change a second, as a person might make them: elevated mode
+        // does not admit 210 requests at one instant.
         for n in 0..210 {
             let change = json!({"require_distinct_approver": n % 2 == 1});
             app.update_policy(change).await.expect(200);
+            app.clock.advance_seconds(1);
         }
 
         app.clock.advance_seconds(2 * 3600);

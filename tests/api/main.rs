@@ -18,6 +18,7 @@ mod ingest;
 mod logs;
 mod pagination;
 mod policy;
+mod rate_limits;
 mod replicas;
 mod roles;
 mod tokens;
