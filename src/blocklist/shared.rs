@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use sqlx::Row;
+use tokio::sync::mpsc;
 
 use super::changes;
 use super::entity::{Entity, EntityType, Network};
@@ -16,7 +17,7 @@ use super::index::BlocklistIndex;
 use super::model::Block;
 use super::store;
 use crate::clock::Clock;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::storage::Db;
 use crate::time::Timestamp;
 
@@ -142,39 +143,60 @@ async fn changed_page(
 /// rows at once beside the index.
 const LOAD_PAGE: i64 = 10_000;
 
-/// Indexes the next page of active blocks after `after_id`; returns the
-/// last id read, or `None` when no page is left.
-async fn load_page(
-    db: &Db,
-    now: Timestamp,
-    after_id: i64,
-    index: &mut BlocklistIndex,
-) -> Result<Option<i64>> {
-    let rows = sqlx::query(
-        "SELECT id, entity_type, value, expires_at FROM blocks \
-         WHERE id > $1 AND deactivated_at IS NULL AND (expires_at IS NULL OR expires_at > $2) \
-         ORDER BY id LIMIT $3",
-    )
-    .bind(after_id)
-    .bind(now.millis())
-    .bind(LOAD_PAGE)
-    .fetch_all(db.reader())
-    .await?;
-    let mut last_id = None;
-    for row in &rows {
-        let id: i64 = row.try_get("id")?;
-        let entity_type: String = row.try_get("entity_type")?;
-        let value: String = row.try_get("value")?;
-        let expires_at = crate::storage::timestamp_opt(row, "expires_at")?;
-        let entity =
-            EntityType::parse(&entity_type).and_then(|kind| Entity::parse(kind, &value).ok());
-        match entity {
-            Some(entity) => index.upsert(id, &entity, expires_at),
-            None => tracing::error!(block.id = id, "unreadable block not indexed"),
+/// An active block as start-up reads it, not yet parsed.
+struct StoredBlock {
+    id: i64,
+    entity_type: String,
+    value: String,
+    expires_at: Option<Timestamp>,
+}
+
+/// Reads every active block, a page at a time in id order, and sends the
+/// pages to `pages`; stops early when the receiver has gone.
+async fn read_pages(db: Db, now: Timestamp, pages: mpsc::Sender<Vec<StoredBlock>>) -> Result<()> {
+    let mut after_id = 0;
+    loop {
+        let rows = sqlx::query(
+            "SELECT id, entity_type, value, expires_at FROM blocks \
+             WHERE id > $1 AND deactivated_at IS NULL \
+               AND (expires_at IS NULL OR expires_at > $2) \
+             ORDER BY id LIMIT $3",
+        )
+        .bind(after_id)
+        .bind(now.millis())
+        .bind(LOAD_PAGE)
+        .fetch_all(db.reader())
+        .await?;
+
+        let mut page = Vec::with_capacity(rows.len());
+        for row in &rows {
+            page.push(StoredBlock {
+                id: row.try_get("id")?,
+                entity_type: row.try_get("entity_type")?,
+                value: row.try_get("value")?,
+                expires_at: crate::storage::timestamp_opt(row, "expires_at")?,
+            });
         }
-        last_id = Some(id);
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after_id = last.id;
+        if pages.send(page).await.is_err() {
+            return Ok(());
+        }
     }
-    Ok(last_id)
+}
+
+/// Parses a page of stored blocks into the index.
+fn index_page(index: &mut BlocklistIndex, page: Vec<StoredBlock>) {
+    for block in page {
+        let entity = EntityType::parse(&block.entity_type)
+            .and_then(|kind| Entity::parse(kind, &block.value).ok());
+        match entity {
+            Some(entity) => index.upsert(block.id, &entity, block.expires_at),
+            None => tracing::error!(block.id = block.id, "unreadable block not indexed"),
+        }
+    }
 }
 
 /// The index as the server shares it: one `RwLock`, because a check holds
@@ -198,15 +220,19 @@ impl SharedIndex {
         // of being missed.
         let seen_seq = changes::last_seq(db.reader()).await?;
 
+        // Reading rows and building the index take about as long as each
+        // other, so one task reads while this one builds: start-up with a
+        // million blocks is then bound by the slower of the two.
+        let (pages, mut arriving) = mpsc::channel(2);
+        let reader = tokio::spawn(read_pages(db.clone(), now, pages));
         let mut index = BlocklistIndex::new();
-        let mut after_id = 0;
-        loop {
-            let loaded = load_page(db, now, after_id, &mut index).await?;
-            match loaded {
-                Some(last_id) => after_id = last_id,
-                None => break,
-            }
+        while let Some(page) = arriving.recv().await {
+            index_page(&mut index, page);
         }
+        reader
+            .await
+            .map_err(|error| Error::Internal(format!("the blocklist reader failed: {error}")))??;
+
         tracing::info!(blocks = index.len(), "blocklist index loaded");
         Ok(Self {
             index: Arc::new(RwLock::new(index)),
