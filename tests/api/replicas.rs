@@ -75,11 +75,33 @@ backend_tests! {
 
     async fn a_replica_started_later_loads_what_the_first_made(app: TestApp) {
         app.block("ip", "203.0.113.61", json!({})).await.expect(201);
+        app.block("cidr", "2001:db8:62::/48", json!({"duration_seconds": 600})).await.expect(201);
+        app.block("user", "Mallory O'Brien ünïcode", json!({})).await.expect(201);
+        app.block("api_key", "key with spaces", json!({})).await.expect(201);
+        let gone = app.block("ip", "203.0.113.62", json!({})).await.expect(201);
+        let deactivate = format!("/security/policy/blocks/{}/deactivate", gone.id());
+        app.admin_post(&deactivate, json!({})).await.expect(200);
 
         let other = app.replica().await;
-        let check = other.check_ip("203.0.113.61").await;
-        assert_eq!(check.body["blocked"], json!(true));
+        assert_eq!(other.check_ip("203.0.113.61").await.body["blocked"], json!(true));
+        assert_eq!(other.check_ip("2001:db8:62::1").await.body["blocked"], json!(true));
+        assert_eq!(other.check_ip("203.0.113.62").await.body["blocked"], json!(false));
+        for (entity_type, value) in [("user", "Mallory O'Brien ünïcode"), ("api_key", "key with spaces")]
+        {
+            let path = format!(
+                "/security/policy/blocks/check?entity_type={entity_type}&value={}",
+                crate::support::encode(value)
+            );
+            let check = other.admin_get(&path).await.expect(200);
+            assert_eq!(check.body["blocked"], json!(true), "{entity_type}: {}", check.text);
+        }
 
+        // Start-up honours expiry too.
+        app.clock.advance_seconds(601);
+        let later = app.replica().await;
+        assert_eq!(later.check_ip("2001:db8:62::1").await.body["blocked"], json!(false));
+
+        later.stop().await;
         other.stop().await;
     }
 }
