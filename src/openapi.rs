@@ -16,7 +16,8 @@ use crate::error::{FieldError, Problem};
     modifiers(&SecuritySchemes),
     tags(
         (name = "policy"), (name = "blocklist"), (name = "actions"), (name = "honeypots"),
-        (name = "tokens"), (name = "audit"), (name = "dashboard")
+        (name = "tokens"), (name = "audit"), (name = "dashboard"),
+        (name = "crowdsec", description = "CrowdSec Local API bouncer endpoints, in its shapes")
     )
 )]
 pub struct ApiDoc;
@@ -34,6 +35,13 @@ impl Modify for SecuritySchemes {
             "honeypot_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-HONEYPOT-KEY"))),
         );
+        components.add_security_scheme(
+            "crowdsec_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Api-Key",
+                "a Valhalla token (role `bouncer`), as CrowdSec bouncers send it",
+            ))),
+        );
     }
 }
 
@@ -46,8 +54,15 @@ const PROBLEM_MEDIA_TYPE: &str = "application/problem+json";
 /// has to list them: credentials give 401, a bearer token's role 403,
 /// parameters or a body 400, a path parameter 404, a body 413, 415 and 422.
 /// Error statuses a handler documents itself keep their description.
+/// The CrowdSec endpoints under `/v1/` answer in CrowdSec's own shapes and
+/// document their errors themselves.
 pub fn with_problem_responses(mut document: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
-    for item in document.paths.paths.values_mut() {
+    let service_paths = document
+        .paths
+        .paths
+        .iter_mut()
+        .filter(|(path, _)| !path.starts_with("/v1/"));
+    for (_, item) in service_paths {
         let operations = [
             &mut item.get,
             &mut item.put,

@@ -56,6 +56,13 @@ pub struct CreateToken {
 
 /// Finds the principal behind a bearer token and notes its use.
 pub async fn authenticate(state: &AppState, token: &Secret) -> Result<Principal> {
+    let (_, principal) = authenticate_token(state, token).await?;
+    Ok(principal)
+}
+
+/// As [`authenticate`], with the token's id: for callers that keep state
+/// per token (the CrowdSec bouncer feed, whose `X-Api-Key` is a token).
+pub async fn authenticate_token(state: &AppState, token: &Secret) -> Result<(i64, Principal)> {
     let digest = token.digest();
     let row = sqlx::query(
         "SELECT id, name, role, token_hash, last_used_at FROM tokens \
@@ -76,17 +83,17 @@ pub async fn authenticate(state: &AppState, token: &Secret) -> Result<Principal>
         role: Role::parse(&role).ok_or_else(|| Error::Internal(format!("stored role {role}")))?,
     };
 
+    let id: i64 = row.try_get("id")?;
     let now = state.clock.now().millis();
     let last_used: Option<i64> = row.try_get("last_used_at")?;
     if last_used.is_none_or(|at| now - at >= LAST_USED_RESOLUTION_MILLIS) {
-        let id: i64 = row.try_get("id")?;
         sqlx::query("UPDATE tokens SET last_used_at = $1 WHERE id = $2")
             .bind(now)
             .bind(id)
             .execute(state.db.writer())
             .await?;
     }
-    Ok(principal)
+    Ok((id, principal))
 }
 
 /// Issues a token. Used by the API, the command line and bootstrap.

@@ -1,0 +1,361 @@
+//! `GET /v1/decisions/stream`: what bouncers poll. The first pull (or one
+//! with `startup=true`) sends every active decision; each later pull sends
+//! what changed since that bouncer's previous one, from the blocklist's
+//! change log:
+//!
+//! - `new`: active blocks created or extended since (their change number
+//!   is after the bouncer's), and long blocks due for a re-send (below).
+//! - `deleted`: blocks the bouncer may hold (created at or before its
+//!   position) that ended since: deactivated after its position, or expired
+//!   after its previous pull, at the instant, before the sweep closes them.
+//!   A value that has an active block is never in `deleted`: the bouncer
+//!   either holds that block or finds it in `new`. Deletions are sent for
+//!   allowlisted addresses too, so that bouncers drop them; their duration
+//!   is `1s` (CrowdSec sends the negative time since the end, which some
+//!   bouncers hand on to ipset, which refuses it).
+//!
+//! Durations are capped at ipset's maximum of 2,147,483 s (about 24.8 days),
+//! so a bouncer lets a permanent or longer block go after that long. Each
+//! time a pull's window (its previous pull, now] crosses
+//! `created_at + k × cap / 2` for a block longer than the cap, the block is
+//! sent in `new` again, with a fresh capped duration: a bouncer that polls
+//! more often than every 12 days never drops it.
+//!
+//! The change number is read before the blocks, so nothing committed after
+//! it is missed; changes numbered after it are left for the next pull, so
+//! nothing is sent twice. The position is recorded once the body has been
+//! written, just before its last chunk goes out: a pull cut short is not
+//! counted, and the next one sends the same changes again.
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
+
+use super::decision::{Decision, DecisionFilter, DecisionRow, DECISION_COLUMNS};
+use super::duration::MAX_DURATION_SECONDS;
+use super::feed::{write_rows, DecisionList, FeedWriter, Selection};
+use super::pulls::{self, PullPosition};
+use super::JSON_MEDIA_TYPE;
+use super::{plain_head, query_pairs, streamed_json, Bouncer, LapiError, LapiMessage};
+use crate::blocklist::changes;
+use crate::blocklist::Network;
+use crate::error::Result;
+use crate::policy::load_policy;
+use crate::server::AppState;
+
+/// The duration a deleted decision carries.
+const DELETED_DURATION: &str = "1s";
+/// Active `ip` and `cidr` blocks at `$1` (now).
+const ACTIVE: &str = "entity_type IN ('ip', 'cidr') AND deactivated_at IS NULL \
+                      AND (expires_at IS NULL OR expires_at > $1)";
+/// No active block of the same entity at `$1`: such a value is held or new.
+const NOT_LIVE_AGAIN: &str = "NOT EXISTS (SELECT 1 FROM blocks live \
+    WHERE live.entity_type = ended.entity_type AND live.value = ended.value \
+      AND live.deactivated_at IS NULL \
+      AND (live.expires_at IS NULL OR live.expires_at > $1))";
+
+/// The stream's answer: `deleted` then `new`, each an array or `null`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionStream {
+    pub deleted: Option<Vec<Decision>>,
+    pub new: Option<Vec<Decision>>,
+}
+
+/// The query parameters of the stream. Others are ignored.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documents the parameters; the handler reads them as pairs
+pub struct StreamQuery {
+    /// `true`: every active decision, as on a bouncer's first pull.
+    startup: Option<bool>,
+    /// Comma list of scopes, case-insensitive; default `ip,range`.
+    scopes: Option<String>,
+    /// Comma list of origins (`heimdall`, `tyr`, `human`, `system`).
+    origins: Option<String>,
+    /// Comma list: the scenario contains one of them (case-insensitive).
+    scenarios_containing: Option<String>,
+    /// Comma list: the scenario contains none of them (case-insensitive).
+    scenarios_not_containing: Option<String>,
+}
+
+/// What one pull sends.
+#[derive(Debug, Clone, Copy)]
+struct Pull {
+    /// The bouncer's previous position, or `None` for a startup pull.
+    since: Option<PullPosition>,
+    /// This pull's position: the change number read first, and now.
+    position: PullPosition,
+}
+
+/// The decisions that changed since this bouncer's previous pull (all
+/// active ones on its first pull or with `startup=true`). GET and HEAD
+/// both move the bouncer's position, as in CrowdSec: HEAD with `startup`
+/// answers text/plain with no body, HEAD without it the JSON media type and
+/// the length of the body it would have sent.
+#[utoipa::path(method(get, head), path = "/decisions/stream", tag = "crowdsec",
+    params(StreamQuery),
+    responses(
+        (status = 200, description = "what changed since the previous pull",
+            body = DecisionStream, content_type = "application/json; charset=utf-8"),
+        (status = 400, description = "a malformed query string",
+            body = LapiMessage, content_type = "application/json; charset=utf-8"),
+        (status = 403, description = "missing or unknown `X-Api-Key`",
+            body = LapiMessage, content_type = "application/json; charset=utf-8")),
+    security(("crowdsec_key" = [])))]
+pub async fn decision_stream(
+    State(state): State<AppState>,
+    method: Method,
+    bouncer: Bouncer,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, LapiError> {
+    let parameters = query_pairs(raw.as_deref())?;
+    let startup = parameters
+        .iter()
+        .rev()
+        .find(|(name, _)| name == "startup")
+        .is_some_and(|(_, value)| value == "true");
+    let filter = stream_filter(&parameters);
+
+    let pull = plan_pull(&state, &bouncer, startup).await?;
+    if method == Method::HEAD && pull.since.is_none() {
+        pulls::record_pull(&state.db, &bouncer, pull.position).await?;
+        return Ok(plain_head());
+    }
+
+    let allowlist = load_policy(state.db.reader()).await?.settings.allowlist;
+    if method == Method::HEAD {
+        return head_with_length(&state, &bouncer, pull, &filter, &allowlist).await;
+    }
+    let (mut out, body) = FeedWriter::to_client();
+    tokio::spawn(async move {
+        let sent = send_pull(&state, &bouncer, pull, &filter, &allowlist, &mut out).await;
+        if let Err(error) = sent {
+            tracing::warn!(%error, bouncer = %bouncer.name, "decision stream not completed");
+            out.abort().await;
+        }
+    });
+    Ok(streamed_json(body))
+}
+
+/// The stream's filters: `scopes` defaults to `ip,range`; `type` and
+/// `value` are not stream filters in CrowdSec and are ignored.
+fn stream_filter(parameters: &[(String, String)]) -> DecisionFilter {
+    let mut filter = DecisionFilter::read(parameters);
+    filter
+        .scopes
+        .get_or_insert_with(|| vec!["ip".to_string(), "range".to_string()]);
+    filter.remediation = None;
+    filter.value = None;
+    filter
+}
+
+/// Reads the change number (first), then the bouncer's previous position.
+async fn plan_pull(state: &AppState, bouncer: &Bouncer, startup: bool) -> Result<Pull> {
+    let now = state.clock.now();
+    let last_seq = changes::last_seq(state.db.reader()).await?;
+    let previous = pulls::find_position(state.db.reader(), bouncer.token_id).await?;
+    Ok(Pull {
+        since: if startup { None } else { previous },
+        position: PullPosition {
+            last_seq,
+            last_pull_at: now,
+        },
+    })
+}
+
+/// Writes the whole answer, records the pull, then lets the last chunk go.
+async fn send_pull(
+    state: &AppState,
+    bouncer: &Bouncer,
+    pull: Pull,
+    filter: &DecisionFilter,
+    allowlist: &[Network],
+    out: &mut FeedWriter,
+) -> Result<()> {
+    write_pull(state, pull, filter, allowlist, out).await?;
+
+    pulls::record_pull(&state.db, bouncer, pull.position).await?;
+
+    out.send().await
+}
+
+/// A HEAD without `startup`: the pull is made (and recorded) but only its
+/// length is answered.
+async fn head_with_length(
+    state: &AppState,
+    bouncer: &Bouncer,
+    pull: Pull,
+    filter: &DecisionFilter,
+    allowlist: &[Network],
+) -> Result<Response, LapiError> {
+    let mut out = FeedWriter::counting();
+    write_pull(state, pull, filter, allowlist, &mut out).await?;
+
+    pulls::record_pull(&state.db, bouncer, pull.position).await?;
+
+    let mut response = Body::empty().into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON_MEDIA_TYPE));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(out.length()));
+    Ok(response)
+}
+
+/// Writes `{"deleted":…,"new":…}`, leaving the end in the writer's buffer.
+async fn write_pull(
+    state: &AppState,
+    pull: Pull,
+    filter: &DecisionFilter,
+    allowlist: &[Network],
+    out: &mut FeedWriter,
+) -> Result<()> {
+    out.push(b"{\"deleted\":");
+    let mut deleted = DecisionList::default();
+    if let Some(since) = pull.since {
+        write_deleted(state, since, pull.position, filter, &mut deleted, out).await?;
+    }
+    deleted.end(out);
+
+    out.push(b",\"new\":");
+    let mut new = DecisionList::default();
+    let selection = Selection { filter, allowlist };
+    match pull.since {
+        None => write_active(state, pull.position, &selection, &mut new, out).await?,
+        Some(since) => write_new(state, since, pull.position, &selection, &mut new, out).await?,
+    }
+    new.end(out);
+    out.push(b"}");
+    Ok(())
+}
+
+/// Every active block: a startup pull.
+async fn write_active(
+    state: &AppState,
+    position: PullPosition,
+    selection: &Selection<'_>,
+    list: &mut DecisionList,
+    out: &mut FeedWriter,
+) -> Result<()> {
+    let now = position.last_pull_at;
+    let sql = format!("SELECT {DECISION_COLUMNS} FROM blocks WHERE {ACTIVE} ORDER BY id");
+    let query = sqlx::query(&sql).bind(now.millis());
+    let decide = |row: DecisionRow| row.into_decision(now);
+    write_rows(state.db.reader(), query, selection, list, out, decide).await
+}
+
+/// Blocks created or extended since, then long blocks due for a re-send.
+async fn write_new(
+    state: &AppState,
+    since: PullPosition,
+    position: PullPosition,
+    selection: &Selection<'_>,
+    list: &mut DecisionList,
+    out: &mut FeedWriter,
+) -> Result<()> {
+    let now = position.last_pull_at;
+    let decide = |row: DecisionRow| row.into_decision(now);
+
+    let changed = format!(
+        "SELECT {DECISION_COLUMNS} FROM blocks \
+         WHERE {ACTIVE} AND changed_seq > $2 AND changed_seq <= $3 ORDER BY id"
+    );
+    let query = sqlx::query(&changed)
+        .bind(now.millis())
+        .bind(since.last_seq)
+        .bind(position.last_seq);
+    write_rows(state.db.reader(), query, selection, list, out, decide).await?;
+
+    // Unchanged since the previous pull, longer than the cap, and a
+    // multiple of half the cap after its creation lies in (previous, now]:
+    // integer division counts the half-caps passed at each instant.
+    let cap_millis = MAX_DURATION_SECONDS * 1000;
+    let due = format!(
+        "SELECT {DECISION_COLUMNS} FROM blocks \
+         WHERE {ACTIVE} AND changed_seq <= $2 AND created_at <= $3 \
+           AND (expires_at IS NULL OR expires_at - created_at > $4) \
+           AND ($1 - created_at) / $5 > ($3 - created_at) / $5 \
+         ORDER BY id"
+    );
+    let query = sqlx::query(&due)
+        .bind(now.millis())
+        .bind(since.last_seq)
+        .bind(since.last_pull_at.millis())
+        .bind(cap_millis)
+        .bind(cap_millis / 2);
+    write_rows(state.db.reader(), query, selection, list, out, decide).await
+}
+
+/// Blocks the bouncer may hold that ended since its previous pull.
+async fn write_deleted(
+    state: &AppState,
+    since: PullPosition,
+    position: PullPosition,
+    filter: &DecisionFilter,
+    list: &mut DecisionList,
+    out: &mut FeedWriter,
+) -> Result<()> {
+    let now = position.last_pull_at;
+    let selection = Selection {
+        filter,
+        allowlist: &[],
+    };
+    let decide = |row: DecisionRow| row.into_decision_with(DELETED_DURATION.to_string());
+
+    // Deactivated by someone (not closed by the sweep at its expiry, which
+    // the next query covers by time), after the bouncer's position.
+    let deactivated = format!(
+        "SELECT {DECISION_COLUMNS} FROM blocks ended \
+         WHERE entity_type IN ('ip', 'cidr') AND created_seq <= $2 \
+           AND changed_seq > $2 AND changed_seq <= $3 \
+           AND deactivated_at IS NOT NULL \
+           AND (expires_at IS NULL OR deactivated_at < expires_at) \
+           AND {NOT_LIVE_AGAIN} \
+         ORDER BY id"
+    );
+    let query = sqlx::query(&deactivated)
+        .bind(now.millis())
+        .bind(since.last_seq)
+        .bind(position.last_seq);
+    write_rows(state.db.reader(), query, &selection, list, out, decide).await?;
+
+    // Expired between the previous pull and now, whether or not the sweep
+    // has closed it yet.
+    let expired = format!(
+        "SELECT {DECISION_COLUMNS} FROM blocks ended \
+         WHERE entity_type IN ('ip', 'cidr') AND created_seq <= $2 \
+           AND expires_at > $3 AND expires_at <= $1 \
+           AND (deactivated_at IS NULL OR deactivated_at >= expires_at) \
+           AND {NOT_LIVE_AGAIN} \
+         ORDER BY id"
+    );
+    let query = sqlx::query(&expired)
+        .bind(now.millis())
+        .bind(since.last_seq)
+        .bind(since.last_pull_at.millis());
+    write_rows(state.db.reader(), query, &selection, list, out, decide).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parameters(query: &str) -> Vec<(String, String)> {
+        serde_urlencoded::from_str(query).unwrap()
+    }
+
+    #[test]
+    fn the_stream_sends_ip_and_range_scopes_unless_asked_otherwise() {
+        assert_eq!(
+            stream_filter(&parameters("")).scopes,
+            Some(vec!["ip".to_string(), "range".to_string()])
+        );
+        assert_eq!(
+            stream_filter(&parameters("scopes=Country")).scopes,
+            Some(vec!["country".to_string()])
+        );
+        assert_eq!(stream_filter(&parameters("type=captcha")).remediation, None);
+    }
+}
