@@ -171,7 +171,10 @@ async fn write_live(
             } else {
                 ids.join(", ")
             };
-            format!("SELECT {DECISION_COLUMNS} FROM blocks WHERE {active} AND id IN ({ids})")
+            format!(
+                "SELECT {DECISION_COLUMNS} FROM blocks WHERE {active} AND id IN ({ids}) \
+                 ORDER BY id"
+            )
         }
         (Target::Containing(_), _) => format!(
             "SELECT {DECISION_COLUMNS} FROM blocks WHERE {active} \
