@@ -1,12 +1,13 @@
 //! Decision durations as Go writes them, so that bouncers read them with
 //! `time.ParseDuration`.
 //!
-//! Valhalla writes hours, minutes and seconds only, with the fraction on
-//! the seconds (`3h59m58.25s`, `1m0s`, `0.5s`): hours are the largest unit,
+//! Valhalla writes hours, minutes and seconds only, with any fraction on
+//! the seconds (`3h59m58s`, `1m0s`, `0.5s`): hours are the largest unit,
 //! as in Go, so a three-day block is `72h0m0s`, never `3d` (which Go
 //! refuses). Go itself writes less than a second as `500ms`; Valhalla
 //! writes `0.5s`, which Go parses the same and which keeps every duration
-//! within one pattern, `^(\d+h)?(\d+m)?(\d+(\.\d+)?s)?$`.
+//! within one pattern, `^(\d+h)?(\d+m)?(\d+(\.\d+)?s)?$`. Decisions carry
+//! whole seconds (see [`decision_duration`]).
 
 /// ipset's largest timeout, in seconds: the firewall bouncer hands a
 /// decision's duration to ipset (and nftables) as the element's timeout,
@@ -14,13 +15,16 @@
 pub const MAX_DURATION_SECONDS: i64 = 2_147_483;
 
 /// The duration a bouncer is sent for a block with `remaining_millis` left
-/// (`None` for a permanent block): capped at [`MAX_DURATION_SECONDS`], and
-/// never zero or negative, which ipset refuses and some bouncers take as
-/// "no timeout".
+/// (`None` for a permanent block): whole seconds rounded up, capped at
+/// [`MAX_DURATION_SECONDS`], and never below one second. Bouncers cut the
+/// duration to whole seconds for ipset and nftables, where a timeout of 0
+/// means "never expires" and a negative one is refused, so a block with
+/// half a second left must not be sent as `0.5s`.
 pub fn decision_duration(remaining_millis: Option<i64>) -> String {
-    let cap = MAX_DURATION_SECONDS * 1000;
-    let millis = remaining_millis.map_or(cap, |left| left.clamp(1, cap));
-    go_duration(millis)
+    let seconds = remaining_millis.map_or(MAX_DURATION_SECONDS, |left| {
+        left.div_euclid(1000) + i64::from(left.rem_euclid(1000) > 0)
+    });
+    go_duration(seconds.clamp(1, MAX_DURATION_SECONDS) * 1000)
 }
 
 /// Writes a positive number of milliseconds in Go's duration syntax.
@@ -139,8 +143,11 @@ mod tests {
 
     #[test]
     fn an_almost_ended_block_never_gets_a_zero_or_negative_duration() {
-        assert_eq!(decision_duration(Some(0)), "0.001s");
-        assert_eq!(decision_duration(Some(-5_000)), "0.001s");
+        assert_eq!(decision_duration(Some(0)), "1s");
+        assert_eq!(decision_duration(Some(-5_000)), "1s");
+        assert_eq!(decision_duration(Some(1)), "1s");
+        assert_eq!(decision_duration(Some(500)), "1s");
+        assert_eq!(decision_duration(Some(1_001)), "2s");
         assert!(parse_go_duration(&decision_duration(Some(0))).unwrap() > 0.0);
     }
 
@@ -167,11 +174,15 @@ mod tests {
             assert!(matches_pattern(&text), "{millis} → {text}");
             assert!(!text.contains('d'), "{text}");
             let parsed = parse_go_duration(&text).unwrap();
-            let expected = millis.clamp(1, MAX_DURATION_SECONDS * 1000) as f64 / 1000.0;
-            assert!(
-                (parsed - expected).abs() < 1e-6,
-                "{text}: {parsed} vs {expected}"
-            );
+            let expected = (millis as f64 / 1000.0)
+                .ceil()
+                .clamp(1.0, MAX_DURATION_SECONDS as f64);
+            assert_eq!(parsed, expected, "{millis} → {text}");
+
+            let exact = go_duration(millis);
+            assert!(matches_pattern(&exact), "{millis} → {exact}");
+            let parsed = parse_go_duration(&exact).unwrap();
+            assert!((parsed - millis as f64 / 1000.0).abs() < 1e-6, "{exact}");
         }
     }
 
