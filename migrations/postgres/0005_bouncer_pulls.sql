@@ -17,3 +17,6 @@ CREATE TABLE bouncer_pulls (
 -- Incremental pulls report blocks that expired since the bouncer's last
 -- pull: a range of expires_at, whether the sweep has closed them or not.
 CREATE INDEX blocks_expires_at ON blocks (expires_at);
+-- Long blocks are sent to bouncers again at multiples of half the longest
+-- duration a bouncer accepts after their creation: ranges of created_at.
+CREATE INDEX blocks_created_at ON blocks (created_at);

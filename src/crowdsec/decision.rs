@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::duration::decision_duration;
 use crate::blocklist::entity::parse_ip;
 use crate::blocklist::Network;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::time::Timestamp;
 
 /// The block columns a decision is made of.
@@ -54,27 +54,26 @@ pub struct DecisionRow {
 }
 
 impl DecisionRow {
-    /// Reads a row of [`DECISION_COLUMNS`]. Only `ip` and `cidr` blocks are
-    /// selected by the feeds; anything else is a bug in their SQL.
-    pub fn from_row(row: &AnyRow) -> Result<Self> {
+    /// Reads a row of [`DECISION_COLUMNS`]; `None` for a `user` or
+    /// `api_key` block, which is no decision. The feeds' SQL does not leave
+    /// those out itself: a condition on `entity_type` leads SQLite (which
+    /// keeps no statistics here) to scan by that index instead of the one
+    /// that fits the query.
+    pub fn from_row(row: &AnyRow) -> Result<Option<Self>> {
         let entity_type: String = row.try_get("entity_type")?;
         let scope = match entity_type.as_str() {
             "ip" => "Ip",
             "cidr" => "Range",
-            other => {
-                return Err(Error::Internal(format!(
-                    "a {other} block in a decision feed"
-                )))
-            }
+            _ => return Ok(None),
         };
-        Ok(DecisionRow {
+        Ok(Some(DecisionRow {
             id: row.try_get("id")?,
             scope,
             value: row.try_get("value")?,
             reason: row.try_get("reason")?,
             source: row.try_get("source")?,
             expires_at: row.try_get("expires_at")?,
-        })
+        }))
     }
 
     /// The block's address or network, to hold against the allowlist.

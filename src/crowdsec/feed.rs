@@ -149,7 +149,9 @@ pub async fn write_rows<'q>(
 ) -> Result<()> {
     let mut rows = query.fetch(pool);
     while let Some(row) = rows.try_next().await? {
-        let row = DecisionRow::from_row(&row)?;
+        let Some(row) = DecisionRow::from_row(&row)? else {
+            continue;
+        };
         if !selection.admits(&row) {
             continue;
         }

@@ -2,7 +2,6 @@
 //! now, for bouncers in live mode (one query per client they see).
 
 use axum::extract::{RawQuery, State};
-use axum::http::Method;
 use axum::response::Response;
 use utoipa::IntoParams;
 
@@ -58,9 +57,8 @@ pub struct LiveQuery {
 }
 
 /// The decisions that apply to an address or range now (all active ones
-/// without `ip` or `range`): a JSON array, or `null` when none. HEAD
-/// answers 200 with no body whatever matches, as CrowdSec 1.4.6 does.
-#[utoipa::path(method(get, head), path = "/decisions", tag = "crowdsec",
+/// without `ip` or `range`): a JSON array, or `null` when none.
+#[utoipa::path(get, path = "/decisions", tag = "crowdsec",
     params(LiveQuery),
     responses(
         (status = 200, description = "the matching decisions, or `null` when none",
@@ -72,13 +70,9 @@ pub struct LiveQuery {
     security(("crowdsec_key" = [])))]
 pub async fn live_decisions(
     State(state): State<AppState>,
-    method: Method,
     bouncer: Bouncer,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, LapiError> {
-    if method == Method::HEAD {
-        return Ok(plain_head());
-    }
     let parameters = query_pairs(raw.as_deref())?;
     let target = read_target(&parameters)?;
     let filter = DecisionFilter::read(&parameters);
@@ -104,6 +98,21 @@ pub async fn live_decisions(
         }
     });
     Ok(streamed_json(body))
+}
+
+/// As CrowdSec 1.4.6 answers it: 200, text/plain and no body whether
+/// anything matches or not (so HEAD cannot test membership), once the key
+/// is good.
+#[utoipa::path(head, path = "/decisions", tag = "crowdsec",
+    params(LiveQuery),
+    responses(
+        (status = 200, description = "the key is good; nothing else is told",
+            content_type = "text/plain; charset=utf-8"),
+        (status = 403, description = "missing or unknown `X-Api-Key`",
+            content_type = "application/json; charset=utf-8")),
+    security(("crowdsec_key" = [])))]
+pub async fn live_decisions_head(_bouncer: Bouncer) -> Response {
+    plain_head()
 }
 
 /// Reads `ip`, `range` and `contains`; bad values are 400 (CrowdSec: 500).
@@ -160,8 +169,7 @@ async fn write_live(
     now: Timestamp,
     out: &mut FeedWriter,
 ) -> Result<()> {
-    let active = "entity_type IN ('ip', 'cidr') AND deactivated_at IS NULL \
-                  AND (expires_at IS NULL OR expires_at > $1)";
+    let active = "deactivated_at IS NULL AND (expires_at IS NULL OR expires_at > $1)";
     let sql = match (target, ids) {
         (Target::Address(_), Some(ids)) => {
             // Ids from the index are integers, so they are written inline.

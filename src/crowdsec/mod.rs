@@ -56,8 +56,9 @@ const TEXT_MEDIA_TYPE: &str = "text/plain; charset=utf-8";
 /// The `/v1` routes, to be nested at `/v1`. Unknown paths under it answer
 /// `404` and wrong methods `405`, both with an empty body, as CrowdSec does.
 pub fn router() -> OpenApiRouter<AppState> {
-    let (schemas, paths, live) = routes!(live::live_decisions);
-    let (stream_schemas, stream_paths, stream) = routes!(stream::decision_stream);
+    let (schemas, paths, live) = routes!(live::live_decisions, live::live_decisions_head);
+    let (stream_schemas, stream_paths, stream) =
+        routes!(stream::decision_stream, stream::decision_stream_head);
     OpenApiRouter::new()
         .routes((
             schemas,

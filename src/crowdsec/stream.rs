@@ -46,12 +46,13 @@ use crate::blocklist::Network;
 use crate::error::Result;
 use crate::policy::load_policy;
 use crate::server::AppState;
+use crate::time::Timestamp;
 
 /// The duration a deleted decision carries.
 const DELETED_DURATION: &str = "1s";
-/// Active `ip` and `cidr` blocks at `$1` (now).
-const ACTIVE: &str = "entity_type IN ('ip', 'cidr') AND deactivated_at IS NULL \
-                      AND (expires_at IS NULL OR expires_at > $1)";
+/// Active blocks at `$1` (now); rows of other entity types than `ip` and
+/// `cidr` are skipped as they are read (see `DecisionRow::from_row`).
+const ACTIVE: &str = "deactivated_at IS NULL AND (expires_at IS NULL OR expires_at > $1)";
 /// No active block of the same entity at `$1`: such a value is held or new.
 const NOT_LIVE_AGAIN: &str = "NOT EXISTS (SELECT 1 FROM blocks live \
     WHERE live.entity_type = ended.entity_type AND live.value = ended.value \
@@ -92,11 +93,8 @@ struct Pull {
 }
 
 /// The decisions that changed since this bouncer's previous pull (all
-/// active ones on its first pull or with `startup=true`). GET and HEAD
-/// both move the bouncer's position, as in CrowdSec: HEAD with `startup`
-/// answers text/plain with no body, HEAD without it the JSON media type and
-/// the length of the body it would have sent.
-#[utoipa::path(method(get, head), path = "/decisions/stream", tag = "crowdsec",
+/// active ones on its first pull or with `startup=true`).
+#[utoipa::path(get, path = "/decisions/stream", tag = "crowdsec",
     params(StreamQuery),
     responses(
         (status = 200, description = "what changed since the previous pull",
@@ -108,9 +106,39 @@ struct Pull {
     security(("crowdsec_key" = [])))]
 pub async fn decision_stream(
     State(state): State<AppState>,
-    method: Method,
     bouncer: Bouncer,
     RawQuery(raw): RawQuery,
+) -> Result<Response, LapiError> {
+    answer_pull(state, bouncer, raw, Method::GET).await
+}
+
+/// A pull that answers no body, and moves the bouncer's position all the
+/// same, as in CrowdSec: with `startup`, text/plain; without it, the JSON
+/// media type and the length of the body a GET would have had.
+#[utoipa::path(head, path = "/decisions/stream", tag = "crowdsec",
+    params(StreamQuery),
+    responses(
+        (status = 200, description = "the pull was made; no body",
+            content(("text/plain; charset=utf-8"), ("application/json; charset=utf-8"))),
+        (status = 400, description = "a malformed query string",
+            content_type = "application/json; charset=utf-8"),
+        (status = 403, description = "missing or unknown `X-Api-Key`",
+            content_type = "application/json; charset=utf-8")),
+    security(("crowdsec_key" = [])))]
+pub async fn decision_stream_head(
+    State(state): State<AppState>,
+    bouncer: Bouncer,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, LapiError> {
+    answer_pull(state, bouncer, raw, Method::HEAD).await
+}
+
+/// Plans the pull, then answers it as `method` asks.
+async fn answer_pull(
+    state: AppState,
+    bouncer: Bouncer,
+    raw: Option<String>,
+    method: Method,
 ) -> Result<Response, LapiError> {
     let parameters = query_pairs(raw.as_deref())?;
     let startup = parameters
@@ -260,7 +288,8 @@ async fn write_new(
 
     let changed = format!(
         "SELECT {DECISION_COLUMNS} FROM blocks \
-         WHERE {ACTIVE} AND changed_seq > $2 AND changed_seq <= $3 ORDER BY id"
+         WHERE {ACTIVE} AND changed_seq > $2 AND changed_seq <= $3 \
+         ORDER BY changed_seq, id"
     );
     let query = sqlx::query(&changed)
         .bind(now.millis())
@@ -268,24 +297,45 @@ async fn write_new(
         .bind(position.last_seq);
     write_rows(state.db.reader(), query, selection, list, out, decide).await?;
 
-    // Unchanged since the previous pull, longer than the cap, and a
-    // multiple of half the cap after its creation lies in (previous, now]:
-    // integer division counts the half-caps passed at each instant.
-    let cap_millis = MAX_DURATION_SECONDS * 1000;
-    let due = format!(
-        "SELECT {DECISION_COLUMNS} FROM blocks \
-         WHERE {ACTIVE} AND changed_seq <= $2 AND created_at <= $3 \
-           AND (expires_at IS NULL OR expires_at - created_at > $4) \
-           AND ($1 - created_at) / $5 > ($3 - created_at) / $5 \
-         ORDER BY id"
-    );
-    let query = sqlx::query(&due)
-        .bind(now.millis())
-        .bind(since.last_seq)
-        .bind(since.last_pull_at.millis())
-        .bind(cap_millis)
-        .bind(cap_millis / 2);
-    write_rows(state.db.reader(), query, selection, list, out, decide).await
+    for (after, upto) in resend_windows(since.last_pull_at, now) {
+        // Created in (after, upto]: a half-cap boundary of each such block
+        // lies in (previous pull, now]. Unchanged since the previous pull
+        // (a change sends it anyway) and longer than the cap.
+        let due = format!(
+            "SELECT {DECISION_COLUMNS} FROM blocks \
+             WHERE {ACTIVE} AND created_at > $2 AND created_at <= $3 \
+               AND changed_seq <= $4 AND (expires_at IS NULL OR expires_at - created_at > $5) \
+             ORDER BY created_at, id"
+        );
+        let query = sqlx::query(&due)
+            .bind(now.millis())
+            .bind(after)
+            .bind(upto)
+            .bind(since.last_seq)
+            .bind(MAX_DURATION_SECONDS * 1000);
+        write_rows(state.db.reader(), query, selection, list, out, decide).await?;
+    }
+    Ok(())
+}
+
+/// The creation times, as disjoint windows `(after, upto]` in milliseconds,
+/// of blocks that passed a multiple of half the cap after their creation
+/// in `(previous, now]`: for the k-th multiple, created in
+/// `(previous − k × half, now − k × half]`. Windows that overlap (a bouncer
+/// that did not pull for longer than half the cap) are merged, so no block
+/// is sent twice.
+fn resend_windows(previous: Timestamp, now: Timestamp) -> Vec<(i64, i64)> {
+    let half = MAX_DURATION_SECONDS * 1000 / 2;
+    let (previous, now) = (previous.millis(), now.millis());
+    let mut windows: Vec<(i64, i64)> = Vec::new();
+    for k in 1..=now / half {
+        let (after, upto) = (previous - k * half, now - k * half);
+        match windows.last_mut() {
+            Some(last) if upto >= last.0 => last.0 = after.min(last.0),
+            _ => windows.push((after, upto)),
+        }
+    }
+    windows
 }
 
 /// Blocks the bouncer may hold that ended since its previous pull.
@@ -308,12 +358,12 @@ async fn write_deleted(
     // the next query covers by time), after the bouncer's position.
     let deactivated = format!(
         "SELECT {DECISION_COLUMNS} FROM blocks ended \
-         WHERE entity_type IN ('ip', 'cidr') AND created_seq <= $2 \
+         WHERE created_seq <= $2 \
            AND changed_seq > $2 AND changed_seq <= $3 \
            AND deactivated_at IS NOT NULL \
            AND (expires_at IS NULL OR deactivated_at < expires_at) \
            AND {NOT_LIVE_AGAIN} \
-         ORDER BY id"
+         ORDER BY changed_seq, id"
     );
     let query = sqlx::query(&deactivated)
         .bind(now.millis())
@@ -325,11 +375,11 @@ async fn write_deleted(
     // has closed it yet.
     let expired = format!(
         "SELECT {DECISION_COLUMNS} FROM blocks ended \
-         WHERE entity_type IN ('ip', 'cidr') AND created_seq <= $2 \
+         WHERE created_seq <= $2 \
            AND expires_at > $3 AND expires_at <= $1 \
            AND (deactivated_at IS NULL OR deactivated_at >= expires_at) \
            AND {NOT_LIVE_AGAIN} \
-         ORDER BY id"
+         ORDER BY expires_at, id"
     );
     let query = sqlx::query(&expired)
         .bind(now.millis())
@@ -357,5 +407,23 @@ mod tests {
             Some(vec!["country".to_string()])
         );
         assert_eq!(stream_filter(&parameters("type=captcha")).remediation, None);
+    }
+
+    fn at(millis: i64) -> Timestamp {
+        Timestamp::from_millis(millis).unwrap()
+    }
+
+    #[test]
+    fn resend_windows_cover_each_boundary_once() {
+        let half = MAX_DURATION_SECONDS * 1000 / 2;
+        let now = 10 * half + 5_000;
+        let windows = resend_windows(at(now - 10_000), at(now));
+        assert_eq!(windows.len(), 10);
+        assert_eq!(windows[0], (now - 10_000 - half, now - half));
+        assert_eq!(windows[9], (now - 10_000 - 10 * half, now - 10 * half));
+
+        let long_gap = resend_windows(at(now - 3 * half), at(now));
+        assert_eq!(long_gap, vec![(now - 3 * half - 10 * half, now - half)]);
+        assert!(resend_windows(at(0), at(half - 1)).is_empty());
     }
 }

@@ -660,13 +660,18 @@ backend_tests! {
                 assert!(operation.is_object(), "{method} {path}");
                 assert_eq!(operation["security"], json!([{"crowdsec_key": []}]));
                 let responses = &operation["responses"];
-                for status in ["200", "400", "403"] {
+                for status in ["200", "403"] {
                     assert!(responses[status].is_object(), "{method} {path} {status}");
                 }
                 assert!(responses["401"].is_null(), "no 401: {method} {path}");
-                let forbidden = &responses["403"]["content"][JSON_TYPE]["schema"]["$ref"];
-                assert_eq!(forbidden, "#/components/schemas/LapiMessage");
+                assert!(responses["403"]["content"][JSON_TYPE].is_object());
             }
+            let get = &document["paths"][path]["get"]["responses"];
+            assert!(get["400"].is_object(), "{path}");
+            let forbidden = &get["403"]["content"][JSON_TYPE]["schema"]["$ref"];
+            assert_eq!(forbidden, "#/components/schemas/LapiMessage");
         }
+        let head = &document["paths"]["/v1/decisions"]["head"]["responses"]["200"];
+        assert!(head["content"][TEXT_TYPE].is_object(), "{head}");
     }
 }
