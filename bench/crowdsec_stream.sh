@@ -7,6 +7,9 @@
 # take far longer to load them than the stream takes to send them.
 #
 #   bench/crowdsec_stream.sh [VALHALLA_BINARY]
+#
+# Loading takes minutes; set VALHALLA_BENCH_KEEP=FILE to keep the loaded
+# database there, and VALHALLA_BENCH_DB=FILE to start from such a copy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,13 +49,18 @@ stop_server() {
     SERVER_PID=""
 }
 
-start_server
-KEY=$(curl -fsS -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
-    -d '{"name": "bench-bouncer", "role": "bouncer"}' "$BASE/security/tokens" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
-stop_server
+if [[ -n ${VALHALLA_BENCH_DB:-} ]]; then
+    cp "$VALHALLA_BENCH_DB" "$SCRATCH/valhalla.db"
+else
+    start_server
+    stop_server
+fi
+# The token goes straight into the database: a kept copy has an admin token
+# of an earlier run.
+KEY=$("$VALHALLA" token create --name "bench-bouncer-$$" --role bouncer \
+    --database-url "sqlite://$SCRATCH/valhalla.db" 2>/dev/null)
 
-python3 - "$SCRATCH/valhalla.db" <<'PY'
+[[ -n ${VALHALLA_BENCH_DB:-} ]] || python3 - "$SCRATCH/valhalla.db" <<'PY'
 import ipaddress, random, sqlite3, sys, time
 
 random.seed(7)
@@ -99,6 +107,9 @@ database.commit()
 count = database.execute("SELECT count(*) FROM blocks").fetchone()[0]
 print(f"loaded {count} blocks in {time.monotonic() - started:.1f} s", file=sys.stderr)
 PY
+if [[ -n ${VALHALLA_BENCH_KEEP:-} ]]; then
+    cp "$SCRATCH/valhalla.db" "$VALHALLA_BENCH_KEEP"
+fi
 
 start_server
 for run in 1 2 3; do

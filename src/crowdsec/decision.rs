@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::time::Timestamp;
 
 /// The block columns a decision is made of.
-pub const DECISION_COLUMNS: &str = "id, entity_type, value, reason, source, created_at, expires_at";
+pub const DECISION_COLUMNS: &str = "id, entity_type, value, reason, source, expires_at";
 
 /// A decision as CrowdSec's Local API writes it: these seven keys in this
 /// order (Go sorts them). `origin` is the block's source (`heimdall`,

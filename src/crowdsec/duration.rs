@@ -9,6 +9,8 @@
 //! within one pattern, `^(\d+h)?(\d+m)?(\d+(\.\d+)?s)?$`. Decisions carry
 //! whole seconds (see [`decision_duration`]).
 
+use std::fmt::Write as _;
+
 /// ipset's largest timeout, in seconds: the firewall bouncer hands a
 /// decision's duration to ipset (and nftables) as the element's timeout,
 /// and a larger one makes it refuse the element.
@@ -35,14 +37,15 @@ pub fn go_duration(millis: i64) -> String {
     let seconds = millis / 1000 % 60;
     let fraction = millis % 1000;
 
+    // Writing into a String cannot fail.
     let mut text = String::with_capacity(16);
     if hours > 0 {
-        text.push_str(&format!("{hours}h"));
+        let _ = write!(text, "{hours}h");
     }
     if hours > 0 || minutes > 0 {
-        text.push_str(&format!("{minutes}m"));
+        let _ = write!(text, "{minutes}m");
     }
-    text.push_str(&seconds.to_string());
+    let _ = write!(text, "{seconds}");
     if fraction > 0 {
         let digits = format!("{fraction:03}");
         text.push('.');

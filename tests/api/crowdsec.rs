@@ -555,7 +555,7 @@ backend_tests! {
         assert_eq!(new_values(&startup), vec!["198.51.100.20"]);
         let decision = decision_for(&startup.body["new"], "198.51.100.20");
         let seconds = go_seconds(decision["duration"].as_str().unwrap());
-        assert!(seconds >= 3599.0 && seconds <= 3600.0, "{seconds}");
+        assert!((3599.0..=3600.0).contains(&seconds), "{seconds}");
     }
 
     async fn fc_03_expired_blocks_leave_once_and_never_with_a_negative_duration(app: TestApp) {
