@@ -61,19 +61,39 @@ impl DecisionRow {
     /// that fits the query.
     pub fn from_row(row: &AnyRow) -> Result<Option<Self>> {
         let entity_type: String = row.try_get("entity_type")?;
-        let scope = match entity_type.as_str() {
+        Ok(Self::from_parts(
+            row.try_get("id")?,
+            &entity_type,
+            row.try_get("value")?,
+            row.try_get("reason")?,
+            row.try_get("source")?,
+            row.try_get("expires_at")?,
+        ))
+    }
+
+    /// A decision row from its parts; `None` for a `user` or `api_key`
+    /// block.
+    pub fn from_parts(
+        id: i64,
+        entity_type: &str,
+        value: String,
+        reason: String,
+        source: String,
+        expires_at: Option<i64>,
+    ) -> Option<Self> {
+        let scope = match entity_type {
             "ip" => "Ip",
             "cidr" => "Range",
-            _ => return Ok(None),
+            _ => return None,
         };
-        Ok(Some(DecisionRow {
-            id: row.try_get("id")?,
+        Some(DecisionRow {
+            id,
             scope,
-            value: row.try_get("value")?,
-            reason: row.try_get("reason")?,
-            source: row.try_get("source")?,
-            expires_at: row.try_get("expires_at")?,
-        }))
+            value,
+            reason,
+            source,
+            expires_at,
+        })
     }
 
     /// The block's address or network, to hold against the allowlist.

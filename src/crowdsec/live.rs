@@ -6,7 +6,7 @@ use axum::response::Response;
 use utoipa::IntoParams;
 
 use super::decision::{Decision, DecisionFilter, DECISION_COLUMNS};
-use super::feed::{write_rows, DecisionList, FeedWriter, Selection};
+use super::feed::{write_active_pages, write_rows, DecisionList, FeedWriter, Selection};
 use super::{plain_head, query_pairs, streamed_json, Bouncer, LapiError, LapiMessage};
 use crate::blocklist::entity::{parse_ip, range_key, Entity};
 use crate::blocklist::Network;
@@ -169,6 +169,13 @@ async fn write_live(
     now: Timestamp,
     out: &mut FeedWriter,
 ) -> Result<()> {
+    let mut list = DecisionList::default();
+    if let Target::All = target {
+        write_active_pages(&state.db, now, selection, &mut list, out).await?;
+        list.end(out);
+        return out.send().await;
+    }
+
     let active = "deactivated_at IS NULL AND (expires_at IS NULL OR expires_at > $1)";
     let sql = match (target, ids) {
         (Target::Address(_), Some(ids)) => {
@@ -203,7 +210,6 @@ async fn write_live(
             .bind(range_key(end));
     }
 
-    let mut list = DecisionList::default();
     let decide = |row: super::decision::DecisionRow| row.into_decision(now);
     write_rows(state.db.reader(), query, selection, &mut list, out, decide).await?;
     list.end(out);

@@ -37,7 +37,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::decision::{Decision, DecisionFilter, DecisionRow, DECISION_COLUMNS};
 use super::duration::MAX_DURATION_SECONDS;
-use super::feed::{write_rows, DecisionList, FeedWriter, Selection};
+use super::feed::{write_active_pages, write_rows, DecisionList, FeedWriter, Selection};
 use super::pulls::{self, PullPosition};
 use super::JSON_MEDIA_TYPE;
 use super::{plain_head, query_pairs, streamed_json, Bouncer, LapiError, LapiMessage};
@@ -267,11 +267,7 @@ async fn write_active(
     list: &mut DecisionList,
     out: &mut FeedWriter,
 ) -> Result<()> {
-    let now = position.last_pull_at;
-    let sql = format!("SELECT {DECISION_COLUMNS} FROM blocks WHERE {ACTIVE} ORDER BY id");
-    let query = sqlx::query(&sql).bind(now.millis());
-    let decide = |row: DecisionRow| row.into_decision(now);
-    write_rows(state.db.reader(), query, selection, list, out, decide).await
+    write_active_pages(&state.db, position.last_pull_at, selection, list, out).await
 }
 
 /// Blocks created or extended since, then long blocks due for a re-send.
