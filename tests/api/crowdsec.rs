@@ -675,3 +675,48 @@ backend_tests! {
         assert!(head["content"][TEXT_TYPE].is_object(), "{head}");
     }
 }
+
+/// Writes `count` active `ip` blocks (10.0.x.y) straight into the database,
+/// past the API, to have more than one page of the startup stream cheaply.
+async fn insert_blocks_directly(app: &TestApp, count: i64) {
+    use sqlx::{Connection, Executor};
+
+    sqlx::any::install_default_drivers();
+    let mut connection = sqlx::AnyConnection::connect(&app.database_url)
+        .await
+        .expect("the test database");
+    let sql = format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) \
+         INSERT INTO blocks (entity_type, value, family, reason, source, created_by, \
+             created_at, created_seq, changed_seq) \
+         SELECT 'ip', '10.0.' || (i / 256) || '.' || (i % 256), 4, 'bulk', 'system', \
+             'test', {}, 0, 0 FROM n",
+        app.now().millis()
+    );
+    connection
+        .execute(sql.as_str())
+        .await
+        .expect("the blocks are inserted");
+    connection.close().await.ok();
+}
+
+backend_tests! {
+    async fn a_startup_stream_longer_than_a_page_sends_each_block_once(app: TestApp) {
+        let key = bouncer_key(&app, "edge").await;
+        insert_blocks_directly(&app, 9_000).await;
+        app.block("user", "mallory", json!({})).await.expect(201);
+        let last = app.block("ip", "192.0.2.10", json!({})).await.expect(201);
+
+        let startup = pull(&app, &key, "?startup=true").await;
+        let ids: Vec<i64> = decisions(&startup.body["new"])
+            .iter()
+            .map(|decision| decision["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 9_001);
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "in id order, no repeat");
+        assert_eq!(ids.last(), Some(&last.id()));
+
+        let all = live(&app, &key, "").await;
+        assert_eq!(decisions(&all.body).len(), 9_001);
+    }
+}
