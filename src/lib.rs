@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod crowdsec;
 pub mod dashboard;
 pub mod demo;
 pub mod detection;

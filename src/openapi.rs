@@ -19,7 +19,8 @@ use crate::error::{FieldError, Problem};
     modifiers(&SecuritySchemes),
     tags(
         (name = "policy"), (name = "blocklist"), (name = "actions"), (name = "honeypots"),
-        (name = "tokens"), (name = "audit"), (name = "dashboard")
+        (name = "tokens"), (name = "audit"), (name = "dashboard"),
+        (name = "crowdsec", description = "CrowdSec Local API bouncer endpoints, in its shapes")
     )
 )]
 pub struct ApiDoc;
@@ -37,6 +38,13 @@ impl Modify for SecuritySchemes {
             "honeypot_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-HONEYPOT-KEY"))),
         );
+        components.add_security_scheme(
+            "crowdsec_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Api-Key",
+                "a Valhalla token (role `bouncer`), as CrowdSec bouncers send it",
+            ))),
+        );
     }
 }
 
@@ -50,18 +58,24 @@ const PROBLEM_MEDIA_TYPE: &str = "application/problem+json";
 /// parameters or a body 400, a path parameter 404, a body 413, 415 and 422.
 /// Every path the rate limiter covers may also answer 429.
 /// Error statuses a handler documents itself keep their description.
+/// The CrowdSec endpoints under `/v1/` answer in CrowdSec's own shapes and
+/// document their errors themselves.
 pub fn with_problem_responses(mut document: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     for (path, item) in document.paths.paths.iter_mut() {
         let rate_limited = !crate::ratelimit::EXEMPT_PATHS.contains(&path.as_str());
+        let crowdsec = path.starts_with("/v1/");
         let operations = [
             &mut item.get,
             &mut item.put,
             &mut item.post,
             &mut item.delete,
             &mut item.patch,
+            &mut item.head,
         ];
         for operation in operations.into_iter().flatten() {
-            add_problem_responses(operation);
+            if !crowdsec {
+                add_problem_responses(operation);
+            }
             if rate_limited {
                 add_rate_limited_response(operation);
             }

@@ -25,7 +25,9 @@ use crate::error::{Error, Result};
 use crate::honeypots::EventWriter;
 use crate::ratelimit::RateLimiter;
 use crate::storage::Db;
-use crate::{actions, audit, auth, blocklist, dashboard, honeypots, incidents, openapi, policy};
+use crate::{
+    actions, audit, auth, blocklist, crowdsec, dashboard, honeypots, incidents, openapi, policy,
+};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -58,6 +60,7 @@ pub fn router(state: AppState, settings: &ServeSettings) -> Router {
         .merge(audit::router())
         .merge(dashboard::router())
         .merge(incidents::router())
+        .nest("/v1", crowdsec::router())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(openapi_document))

@@ -57,6 +57,13 @@ pub struct CreateToken {
 
 /// Finds the principal behind a bearer token and notes its use.
 pub async fn authenticate(state: &AppState, token: &Secret) -> Result<Principal> {
+    let (_, principal) = authenticate_token(state, token).await?;
+    Ok(principal)
+}
+
+/// As [`authenticate`], with the token's id: for callers that keep state
+/// per token (the CrowdSec bouncer feed, whose `X-Api-Key` is a token).
+pub async fn authenticate_token(state: &AppState, token: &Secret) -> Result<(i64, Principal)> {
     let digest = token.digest();
     let known = match state.tokens.get(&digest) {
         Some(known) => known,
@@ -81,7 +88,7 @@ pub async fn authenticate(state: &AppState, token: &Secret) -> Result<Principal>
             .tokens
             .update(&digest, |known| known.last_used_at = Some(now));
     }
-    Ok(known.principal)
+    Ok((known.id, known.principal))
 }
 
 /// The working token with this digest, or 401.

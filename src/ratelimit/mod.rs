@@ -71,7 +71,7 @@ impl CredentialKind {
     fn presented(self, headers: &HeaderMap) -> Option<Secret> {
         match self {
             CredentialKind::Bearer => crate::auth::bearer_token(headers),
-            CredentialKind::ApiKey => header_secret(headers, "x-api-key"),
+            CredentialKind::ApiKey => header_secret(headers, crate::crowdsec::API_KEY_HEADER),
             CredentialKind::HoneypotKey => header_secret(headers, crate::honeypots::KEY_HEADER),
         }
     }

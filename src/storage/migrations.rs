@@ -38,6 +38,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0004_blocklist_changes.sql"),
         postgres: include_str!("../../migrations/postgres/0004_blocklist_changes.sql"),
     },
+    Migration {
+        version: 5,
+        name: "bouncer_pulls",
+        sqlite: include_str!("../../migrations/sqlite/0005_bouncer_pulls.sql"),
+        postgres: include_str!("../../migrations/postgres/0005_bouncer_pulls.sql"),
+    },
 ];
 
 /// Any number larger than zero that other applications are unlikely to use

@@ -9,6 +9,7 @@ mod support;
 mod actions;
 mod blocklist;
 mod cowrie_sample;
+mod crowdsec;
 mod detection;
 mod errors;
 mod export;

@@ -301,6 +301,18 @@ impl TestApp {
         into_reply(request.send().await.expect("the server answers")).await
     }
 
+    /// Sends a request as a CrowdSec bouncer does: the key in `X-Api-Key`.
+    pub async fn bouncer_request(&self, method: Method, path: &str, key: Option<&str>) -> Reply {
+        let mut request = self
+            .http
+            .request(method, format!("{}{}", self.base_url, path))
+            .header("User-Agent", "valhalla-test/1.0");
+        if let Some(key) = key {
+            request = request.header("X-Api-Key", key);
+        }
+        into_reply(request.send().await.expect("the server answers")).await
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> Reply {
         self.request(Method::GET, path, Some(token), None).await
     }
