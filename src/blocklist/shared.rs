@@ -31,6 +31,19 @@ pub struct BlockChanges {
     /// Allowlist entries: any indexed `ip` or `cidr` block overlapping them
     /// is gone.
     allowlisted: Vec<Network>,
+    /// Blocks known by their parsed entity rather than a full record: what
+    /// an import writes, where a million `Block` records would only be
+    /// built to be parsed again.
+    entries: Vec<IndexedBlock>,
+}
+
+/// One block as the index holds it.
+#[derive(Debug)]
+struct IndexedBlock {
+    id: i64,
+    entity: Entity,
+    expires_at: Option<Timestamp>,
+    is_active: bool,
 }
 
 impl BlockChanges {
@@ -50,6 +63,23 @@ impl BlockChanges {
         self.blocks.push(block.clone());
     }
 
+    /// A block known by its entity: active ones are upserted, inactive ones
+    /// removed.
+    pub fn record_entity(
+        &mut self,
+        id: i64,
+        entity: Entity,
+        expires_at: Option<Timestamp>,
+        is_active: bool,
+    ) {
+        self.entries.push(IndexedBlock {
+            id,
+            entity,
+            expires_at,
+            is_active,
+        });
+    }
+
     /// The allowlist now holds `networks`.
     pub fn record_allowlist(&mut self, networks: &[Network]) {
         self.allowlisted.extend_from_slice(networks);
@@ -59,6 +89,7 @@ impl BlockChanges {
     pub fn extend(&mut self, other: BlockChanges) {
         self.blocks.extend(other.blocks);
         self.allowlisted.extend(other.allowlisted);
+        self.entries.extend(other.entries);
     }
 }
 
@@ -264,6 +295,13 @@ impl SharedIndex {
                 index.upsert(block.id, &entity, block.expires_at);
             } else {
                 index.remove(block.id, &entity);
+            }
+        }
+        for block in &changes.entries {
+            if block.is_active {
+                index.upsert(block.id, &block.entity, block.expires_at);
+            } else {
+                index.remove(block.id, &block.entity);
             }
         }
         for network in &changes.allowlisted {
