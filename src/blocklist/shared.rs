@@ -35,6 +35,9 @@ pub struct BlockChanges {
     /// an import writes, where a million `Block` records would only be
     /// built to be parsed again.
     entries: Vec<IndexedBlock>,
+    /// The change numbers the transaction took, first and last, when it
+    /// reports every change made under them (see [`SharedIndex::apply`]).
+    seqs: Option<(i64, i64)>,
 }
 
 /// One block as the index holds it.
@@ -78,6 +81,12 @@ impl BlockChanges {
             expires_at,
             is_active,
         });
+    }
+
+    /// These are all the changes made under the change numbers `first` to
+    /// `last`: once applied, the follower need not read them back.
+    pub fn record_seqs(&mut self, first: i64, last: i64) {
+        self.seqs = Some((first, last));
     }
 
     /// The allowlist now holds `networks`.
@@ -306,6 +315,21 @@ impl SharedIndex {
         }
         for network in &changes.allowlisted {
             index.remove_overlapping(network);
+        }
+        drop(index);
+
+        // When the index already held every change before these numbers,
+        // it now holds every change up to the last of them, and the
+        // follower skips them instead of reading back (for an import) a
+        // million rows this process has just written. Otherwise another
+        // commit lies between, and the follower reads all of it as usual.
+        if let Some((first, last)) = changes.seqs {
+            let _ = self.seen_seq.compare_exchange(
+                first - 1,
+                last,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
     }
 

@@ -38,6 +38,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0004_blocklist_changes.sql"),
         postgres: include_str!("../../migrations/postgres/0004_blocklist_changes.sql"),
     },
+    Migration {
+        version: 5,
+        name: "blocks_without_range_index",
+        sqlite: include_str!("../../migrations/sqlite/0005_blocks_without_range_index.sql"),
+        postgres: include_str!("../../migrations/postgres/0005_blocks_without_range_index.sql"),
+    },
 ];
 
 /// Any number larger than zero that other applications are unlikely to use

@@ -407,7 +407,7 @@ async fn serve(database_url: &str, admin_token: &Secret, clock: &ManualClock) ->
     settings.admin_token = Some(admin_token.clone());
     settings.max_body_bytes = 64 * 1024;
     settings.bulk_max_bytes = 256 * 1024;
-    settings.import_max_bytes = 2 * 1024 * 1024;
+    settings.import_max_bytes = 8 * 1024 * 1024;
     valhalla::server::start(&settings, Arc::new(clock.clone()))
         .await
         .expect("the server starts")

@@ -68,8 +68,8 @@ struct Plan {
     inserts: Vec<PlannedInsert>,
     /// Active blocks to move to a later expiry: id, entity, new expiry.
     extensions: Vec<(i64, Entity, Option<Timestamp>)>,
-    /// Expired blocks still live: id and expiry.
-    retirements: Vec<(i64, Option<Timestamp>)>,
+    /// Expired blocks still live: id, entity and expiry.
+    retirements: Vec<(i64, Entity, Option<Timestamp>)>,
     /// Rows inserted or extended so far.
     written: usize,
     outcome: BatchOutcome,
@@ -111,14 +111,20 @@ pub async fn import_batch(
         return Ok(plan.outcome);
     }
 
-    for (id, expires_at) in &plan.retirements {
-        retire_expired_block(&mut tx, *id, *expires_at).await?;
+    for (id, entity, expires_at) in std::mem::take(&mut plan.retirements) {
+        retire_expired_block(&mut tx, id, expires_at).await?;
+        plan.outcome
+            .changes
+            .record_entity(id, entity, expires_at, false);
     }
+    // Each retirement took the next number after `seq`.
+    let last_seq = changes::last_seq(&mut *tx).await?;
     insert_blocks(&mut tx, db.backend(), now, seq, importer, &mut plan).await?;
     extend_blocks(&mut tx, db.backend(), seq, &mut plan).await?;
     let lines = (first_line, last_line);
     record_batch(&mut tx, now, seq, importer.actor, &plan, lines).await?;
     tx.commit().await?;
+    plan.outcome.changes.record_seqs(seq, last_seq);
 
     Ok(plan.outcome)
 }
@@ -247,7 +253,9 @@ fn plan_batch(
         let existing = live.get(&key);
         let active = existing.filter(|block| block.expires_at.is_none_or(|at| at > now));
         if let (Some(expired), None) = (existing, active) {
-            plan.retirements.push((expired.id, expired.expires_at));
+            let entity = entity.entity.clone();
+            plan.retirements
+                .push((expired.id, entity, expired.expires_at));
         }
 
         let mut lines = entity.lines.iter();

@@ -29,10 +29,12 @@ use crate::http::{media_type, RejectedLine};
 use crate::server::AppState;
 use crate::time::Timestamp;
 
-/// Lines a transaction takes: enough that per-transaction costs (a commit's
-/// sync, the change number, the audit entry) vanish, few enough that a
-/// batch holds the writer only for tens of milliseconds.
-const BATCH_LINES: usize = 5_000;
+/// Lines a transaction takes. Each commit writes every index page the
+/// batch touched, and new blocks land on random pages of the indexes on
+/// `(entity_type, value)`: measured on SQLite at a million blocks, batches
+/// of 5,000 took three times as long as batches of 100,000. 20,000 keeps
+/// most of that gain while holding the writer for a fraction of a second.
+const BATCH_LINES: usize = 20_000;
 
 /// How much of a chunk is split before the batch is looked at again.
 const SLICE_BYTES: usize = 64 * 1024;
