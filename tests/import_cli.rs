@@ -34,7 +34,10 @@ impl Server {
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
             .port();
-        let token = format!("vh_cli_test_{:032x}", std::process::id() as u128 * 7919 + 17);
+        let token = format!(
+            "vh_cli_test_{:032x}",
+            std::process::id() as u128 * 7919 + 17
+        );
         let database = format!("sqlite://{}", dir.path().join("valhalla.db").display());
         let child = Command::new(VALHALLA)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -63,7 +66,10 @@ impl Server {
             if ready.is_ok_and(|response| response.status().is_success()) {
                 return;
             }
-            assert!(Instant::now() < deadline, "the server was not ready in time");
+            assert!(
+                Instant::now() < deadline,
+                "the server was not ready in time"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -88,7 +94,14 @@ fn import(server: &Server, file: &Path, token: &str, arguments: &[&str]) -> Outp
     Command::new(VALHALLA)
         .args(["block", "import"])
         .arg(file)
-        .args(["--url", &server.url, "--token", token, "--timeout-seconds", "60"])
+        .args([
+            "--url",
+            &server.url,
+            "--token",
+            token,
+            "--timeout-seconds",
+            "60",
+        ])
         .args(arguments)
         .stdin(Stdio::null())
         .output()
@@ -102,7 +115,11 @@ async fn the_import_command_streams_a_file_and_prints_the_summary() {
     let file = dir.path().join("blocklist.csv");
     let mut csv = String::from("entity_type,value,reason,duration_seconds\n");
     for n in 0..3000 {
-        csv.push_str(&format!("ip,198.18.{}.{},\"scan, {n}\",3600\n", n / 256, n % 256));
+        csv.push_str(&format!(
+            "ip,198.18.{}.{},\"scan, {n}\",3600\n",
+            n / 256,
+            n % 256
+        ));
     }
     csv.push_str("ip,127.0.0.1,allowlisted,\ncidr,198.19.0.0/16,range,\nip,nonsense,bad,\n");
     std::fs::write(&file, csv).expect("the file is written");
@@ -116,7 +133,10 @@ async fn the_import_command_streams_a_file_and_prints_the_summary() {
         stdout.contains("3001 created, 0 extended, 0 unchanged, 2 rejected"),
         "{stdout}"
     );
-    assert!(stderr.contains("line 3002: 127.0.0.1 overlaps the allowlist"), "{stderr}");
+    assert!(
+        stderr.contains("line 3002: 127.0.0.1 overlaps the allowlist"),
+        "{stderr}"
+    );
     assert!(stderr.contains("line 3004: value:"), "{stderr}");
     assert_eq!(server.check("198.18.11.183").await["blocked"], json!(true));
     assert_eq!(server.check("198.19.200.1").await["blocked"], json!(true));

@@ -269,7 +269,7 @@ backend_tests! {
         assert_ne!(new["id"], json!(old));
         assert_eq!(new["expires_at"], Value::Null);
         let retired = app
-            .admin_get(&format!("/security/policy/blocks?active=false&value=203.0.113.60"))
+            .admin_get("/security/policy/blocks?active=false&value=203.0.113.60")
             .await
             .expect(200)
             .items();
