@@ -31,8 +31,8 @@ use crate::storage::{Backend, Db, Tx};
 use crate::time::Timestamp;
 
 /// Who imports, and as what source the blocks are recorded.
-pub struct Importer<'a> {
-    pub actor: &'a str,
+pub struct Importer {
+    pub actor: String,
     pub source: Source,
 }
 
@@ -91,7 +91,7 @@ struct PlannedInsert {
 pub async fn import_batch(
     db: &Db,
     now: Timestamp,
-    importer: &Importer<'_>,
+    importer: &Importer,
     lines: Vec<ImportLine>,
 ) -> Result<BatchOutcome> {
     let first_line = lines.first().map(|line| line.line);
@@ -122,7 +122,7 @@ pub async fn import_batch(
     insert_blocks(&mut tx, db.backend(), now, seq, importer, &mut plan).await?;
     extend_blocks(&mut tx, db.backend(), seq, &mut plan).await?;
     let lines = (first_line, last_line);
-    record_batch(&mut tx, now, seq, importer.actor, &plan, lines).await?;
+    record_batch(&mut tx, now, seq, &importer.actor, &plan, lines).await?;
     tx.commit().await?;
     plan.outcome.changes.record_seqs(seq, last_seq);
 
@@ -307,7 +307,7 @@ async fn insert_blocks(
     backend: Backend,
     now: Timestamp,
     seq: i64,
-    importer: &Importer<'_>,
+    importer: &Importer,
     plan: &mut Plan,
 ) -> Result<()> {
     if plan.inserts.is_empty() {
@@ -329,7 +329,7 @@ async fn insert_blocks(
     let inserted = sqlx::query(&sql)
         .bind(serde_json::Value::Array(rows).to_string())
         .bind(importer.source.as_str())
-        .bind(importer.actor)
+        .bind(&importer.actor)
         .bind(now.millis())
         .bind(seq)
         .fetch_all(&mut **tx)

@@ -17,6 +17,7 @@ use axum::http::{header, HeaderMap};
 use axum::{Extension, Json};
 use futures_util::StreamExt;
 use serde::Serialize;
+use tokio::sync::mpsc;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -115,10 +116,10 @@ async fn import_blocks(
     refuse_declared_size(request.headers(), limit)?;
 
     let importer = Importer {
-        actor: &principal.name,
+        actor: principal.name.clone(),
         source: principal.role.action_source().unwrap_or(Source::Human),
     };
-    let mut import = Import::new(&state, importer, format);
+    let mut import = Import::start(&state, importer, format);
     let mut body = request.into_body().into_data_stream();
     let mut received = 0;
     while let Some(chunk) = body.next().await {
@@ -166,17 +167,19 @@ fn refuse_declared_size(headers: &HeaderMap, limit: ImportLimit) -> Result<()> {
     }
 }
 
-/// An import in progress: the unfinished record, the batch being filled,
-/// and the totals so far.
+/// An import in progress: the unfinished record and the batch being
+/// parsed here, while a task of its own writes the batch before it, so
+/// that parsing and the database work side by side.
 struct Import<'a> {
     state: &'a AppState,
-    importer: Importer<'a>,
     splitter: RecordSplitter,
     batch: Batch,
-    report: ImportReport,
+    /// Full batches, to the writer; one may wait while another is written.
+    full: mpsc::Sender<ParsedBatch>,
+    writer: tokio::task::JoinHandle<Result<ImportReport>>,
 }
 
-/// The lines parsed since the last batch was written.
+/// The lines parsed since the last batch was handed over.
 struct Batch {
     parser: LineParser,
     lines: Vec<ImportLine>,
@@ -199,11 +202,15 @@ impl Batch {
     }
 }
 
+/// A batch as the writer receives it: its lines, and those that did not parse.
+type ParsedBatch = (Vec<ImportLine>, Vec<RejectedLine>);
+
 impl<'a> Import<'a> {
-    fn new(state: &'a AppState, importer: Importer<'a>, format: ImportFormat) -> Self {
+    fn start(state: &'a AppState, importer: Importer, format: ImportFormat) -> Self {
+        let (full, batches) = mpsc::channel(1);
+        let writer = tokio::spawn(write_batches(state.clone(), importer, batches));
         Self {
             state,
-            importer,
             splitter: RecordSplitter::new(format),
             batch: Batch {
                 parser: LineParser::new(format),
@@ -211,13 +218,15 @@ impl<'a> Import<'a> {
                 rejected: Vec::new(),
                 failure: None,
             },
-            report: ImportReport::default(),
+            full,
+            writer,
         }
     }
 
-    /// Parses the records a chunk completes, writing each batch once full.
-    /// The chunk is taken a slice at a time, so that a batch never grows
-    /// far past its size however large the chunks the network delivers.
+    /// Parses the records a chunk completes, handing each batch over once
+    /// full. The chunk is taken a slice at a time, so that a batch never
+    /// grows far past its size however large the chunks the network
+    /// delivers.
     async fn take(&mut self, chunk: &[u8]) -> Result<()> {
         for slice in chunk.chunks(SLICE_BYTES) {
             let now = self.state.clock.now();
@@ -229,13 +238,13 @@ impl<'a> Import<'a> {
             }
 
             if batch.lines.len() >= BATCH_LINES {
-                self.write_batch().await?;
+                self.hand_over().await?;
             }
         }
         Ok(())
     }
 
-    /// Writes what is left and returns the totals.
+    /// Hands over what is left and waits for the writer's totals.
     async fn finish(mut self) -> Result<ImportReport> {
         let now = self.state.clock.now();
         let batch = &mut self.batch;
@@ -244,28 +253,52 @@ impl<'a> Import<'a> {
             return Err(error);
         }
 
-        self.write_batch().await?;
-        Ok(self.report)
+        self.hand_over().await?;
+        drop(self.full);
+        writer_result(self.writer.await)
     }
 
-    /// Commits the batch, then shows its blocks to checks at once.
-    async fn write_batch(&mut self) -> Result<()> {
+    /// Sends the batch to the writer; waits while the one before it is
+    /// still being written. A writer that stopped has failed: its error
+    /// is the answer.
+    async fn hand_over(&mut self) -> Result<()> {
         let lines = std::mem::replace(&mut self.batch.lines, Vec::with_capacity(BATCH_LINES));
-        let mut rejected = std::mem::take(&mut self.batch.rejected);
-        if lines.is_empty() {
-            self.report.reject(rejected);
+        let rejected = std::mem::take(&mut self.batch.rejected);
+        if self.full.send((lines, rejected)).await.is_ok() {
             return Ok(());
         }
-
-        let now = self.state.clock.now();
-        let outcome = import_batch(&self.state.db, now, &self.importer, lines).await?;
-        self.state.blocklist.apply(outcome.changes);
-
-        self.report.created += outcome.created;
-        self.report.extended += outcome.extended;
-        self.report.unchanged += outcome.unchanged;
-        rejected.extend(outcome.rejected);
-        self.report.reject(rejected);
-        Ok(())
+        let stopped = (&mut self.writer).await;
+        writer_result(stopped).and(Err(Error::Internal(
+            "the import writer stopped early".to_string(),
+        )))
     }
+}
+
+fn writer_result(
+    joined: std::result::Result<Result<ImportReport>, tokio::task::JoinError>,
+) -> Result<ImportReport> {
+    joined.map_err(|error| Error::Internal(format!("the import writer failed: {error}")))?
+}
+
+/// Writes batches in order until the sender is done, each in its own
+/// transaction, showing each batch's blocks to checks once committed.
+async fn write_batches(
+    state: AppState,
+    importer: Importer,
+    mut batches: mpsc::Receiver<ParsedBatch>,
+) -> Result<ImportReport> {
+    let mut report = ImportReport::default();
+    while let Some((lines, mut rejected)) = batches.recv().await {
+        if !lines.is_empty() {
+            let now = state.clock.now();
+            let outcome = import_batch(&state.db, now, &importer, lines).await?;
+            state.blocklist.apply(outcome.changes);
+            report.created += outcome.created;
+            report.extended += outcome.extended;
+            report.unchanged += outcome.unchanged;
+            rejected.extend(outcome.rejected);
+        }
+        report.reject(rejected);
+    }
+    Ok(report)
 }
