@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate` and `token …`. `main` only parses
+//! The command line: `serve`, `migrate`, `token …`, `block import`, `ship`
+//! and `demo`. `main` only parses
 //! and calls [`run`].
 
 use std::sync::Arc;
@@ -33,6 +34,9 @@ pub enum Command {
     /// Manage API tokens directly in the database.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Work on the blocklist of a running Valhalla over its API.
+    #[command(subcommand)]
+    Block(BlockCommand),
     /// Follow a honeypot's log file and send its records to Valhalla.
     Ship(crate::shipper::ShipSettings),
     /// Start on a temporary database, replay the bundled real Cowrie log,
@@ -67,6 +71,12 @@ pub enum TokenCommand {
         #[command(flatten)]
         database: DatabaseSettings,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlockCommand {
+    /// Import a blocklist file (NDJSON or CSV), streaming it to the server.
+    Import(crate::blocklist::import::client::ImportSettings),
 }
 
 fn parse_role(text: &str) -> std::result::Result<Role, String> {
@@ -105,6 +115,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Token(command) => run_token_command(command, clock).await,
+        Command::Block(BlockCommand::Import(settings)) => {
+            crate::blocklist::import::client::run(settings).await
+        }
         Command::Demo { listen } => crate::demo::run(&listen, shutdown_signal()).await,
         Command::Ship(settings) => crate::shipper::run(settings, shutdown_signal())
             .await

@@ -35,6 +35,11 @@ pub struct ServeSettings {
     #[arg(long, env = "VALHALLA_BULK_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub bulk_max_bytes: usize,
 
+    /// Largest blocklist import accepted, in bytes; larger ones get 413
+    /// (1,000,000 lines of about 60 bytes are 60 MB).
+    #[arg(long, env = "VALHALLA_IMPORT_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub import_max_bytes: usize,
+
     /// Longest a request may take, reading its body included, in seconds.
     #[arg(long, env = "VALHALLA_REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
     pub request_timeout_seconds: u64,
@@ -54,6 +59,7 @@ impl ServeSettings {
             },
             max_body_bytes: 1024 * 1024,
             bulk_max_bytes: 16 * 1024 * 1024,
+            import_max_bytes: 256 * 1024 * 1024,
             request_timeout_seconds: 30,
             admin_token: None,
         }
@@ -84,7 +90,7 @@ pub struct LogSettings {
     pub log: String,
 }
 
-fn parse_secret(text: &str) -> Result<Secret, String> {
+pub(crate) fn parse_secret(text: &str) -> Result<Secret, String> {
     Ok(Secret::new(text))
 }
 
@@ -95,6 +101,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "VALHALLA_LISTEN",
     "VALHALLA_MAX_BODY_BYTES",
     "VALHALLA_BULK_MAX_BYTES",
+    "VALHALLA_IMPORT_MAX_BYTES",
     "VALHALLA_REQUEST_TIMEOUT_SECONDS",
     "VALHALLA_ADMIN_TOKEN",
     "VALHALLA_LOG_FORMAT",
@@ -107,6 +114,8 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "VALHALLA_SHIP_BATCH_LINES",
     "VALHALLA_SHIP_FLUSH_MILLIS",
     "VALHALLA_SHIP_PATH",
+    "VALHALLA_URL",
+    "VALHALLA_TOKEN",
 ];
 
 /// Warns about `VALHALLA_*` variables that nothing reads.

@@ -54,6 +54,7 @@ pub fn router(state: AppState, settings: &ServeSettings) -> Router {
     let (api, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(policy::router())
         .merge(blocklist::router())
+        .merge(blocklist::import_router(settings.import_max_bytes))
         .merge(actions::router())
         .merge(honeypots::router(settings.bulk_max_bytes))
         .merge(auth::tokens::router())

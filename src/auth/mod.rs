@@ -43,6 +43,8 @@ pub enum Capability {
     /// Blocklist list, check, export and decision stream.
     ReadBlocklist,
     ManageBlocks,
+    /// Bulk import of blocks: a million at once is a policy decision.
+    ImportBlocks,
     RequestActions,
     ResolveActions,
     ManageHoneypots,
@@ -77,7 +79,7 @@ impl Role {
             ManageBlocks | ResolveActions | ManageHoneypots => {
                 matches!(self, Analyst | PolicyOwner | Admin)
             }
-            UpdatePolicy => matches!(self, PolicyOwner | Admin),
+            UpdatePolicy | ImportBlocks => matches!(self, PolicyOwner | Admin),
             ManageTokens => self == Admin,
         }
     }

@@ -5,6 +5,7 @@
 pub mod changes;
 pub mod entity;
 mod export;
+pub mod import;
 mod index;
 mod model;
 mod routes;
@@ -12,6 +13,7 @@ mod shared;
 mod store;
 
 pub use entity::{Entity, EntityType, Network};
+pub use import::router as import_router;
 pub use index::BlocklistIndex;
 pub use model::{Block, BlockOutcome, NewBlock, BLOCK_COLUMNS};
 pub use routes::{parse_reason, router};

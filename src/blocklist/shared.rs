@@ -34,6 +34,22 @@ pub struct BlockChanges {
     /// Allowlist entries: any indexed `ip` or `cidr` block overlapping them
     /// is gone.
     allowlisted: Vec<Network>,
+    /// Blocks known by their parsed entity rather than a full record: what
+    /// an import writes, where a million `Block` records would only be
+    /// built to be parsed again.
+    entries: Vec<IndexedBlock>,
+    /// The change numbers the transaction took, first and last, when it
+    /// reports every change made under them (see [`SharedIndex::apply`]).
+    seqs: Option<(i64, i64)>,
+}
+
+/// One block as the index holds it.
+#[derive(Debug)]
+struct IndexedBlock {
+    id: i64,
+    entity: Entity,
+    expires_at: Option<Timestamp>,
+    is_active: bool,
 }
 
 impl BlockChanges {
@@ -53,6 +69,29 @@ impl BlockChanges {
         self.blocks.push(block.clone());
     }
 
+    /// A block known by its entity: active ones are upserted, inactive ones
+    /// removed.
+    pub fn record_entity(
+        &mut self,
+        id: i64,
+        entity: Entity,
+        expires_at: Option<Timestamp>,
+        is_active: bool,
+    ) {
+        self.entries.push(IndexedBlock {
+            id,
+            entity,
+            expires_at,
+            is_active,
+        });
+    }
+
+    /// These are all the changes made under the change numbers `first` to
+    /// `last`: once applied, the follower need not read them back.
+    pub fn record_seqs(&mut self, first: i64, last: i64) {
+        self.seqs = Some((first, last));
+    }
+
     /// The allowlist now holds `networks`.
     pub fn record_allowlist(&mut self, networks: &[Network]) {
         self.allowlisted.extend_from_slice(networks);
@@ -62,6 +101,7 @@ impl BlockChanges {
     pub fn extend(&mut self, other: BlockChanges) {
         self.blocks.extend(other.blocks);
         self.allowlisted.extend(other.allowlisted);
+        self.entries.extend(other.entries);
     }
 }
 
@@ -390,8 +430,30 @@ impl SharedIndex {
                 index.remove(block.id, &entity);
             }
         }
+        for block in &changes.entries {
+            if block.is_active {
+                index.upsert(block.id, &block.entity, block.expires_at);
+            } else {
+                index.remove(block.id, &block.entity);
+            }
+        }
         for network in &changes.allowlisted {
             index.remove_overlapping(network);
+        }
+        drop(index);
+
+        // When the index already held every change before these numbers,
+        // it now holds every change up to the last of them, and the
+        // follower skips them instead of reading back (for an import) a
+        // million rows this process has just written. Otherwise another
+        // commit lies between, and the follower reads all of it as usual.
+        if let Some((first, last)) = changes.seqs {
+            let _ = self.seen_seq.compare_exchange(
+                first - 1,
+                last,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
     }
 

@@ -50,7 +50,7 @@ pub async fn block_entity(tx: &mut Tx, now: Timestamp, new: NewBlock) -> Result<
         if existing.is_active {
             return extend_block(tx, now, seq, existing, new.expires_at, &new.created_by).await;
         }
-        retire_expired_block(tx, &existing).await?;
+        retire_expired_block(tx, existing.id, existing.expires_at).await?;
     }
 
     match insert_block(tx, now, seq, &new).await? {
@@ -229,8 +229,12 @@ async fn extend_block(
 /// racing to close it, only the one whose update changed the row records it.
 /// Takes a change number of its own: it may share a transaction with the
 /// block that replaces it, or with other expiries.
-async fn retire_expired_block(tx: &mut Tx, expired: &Block) -> Result<()> {
-    let Some(expired_at) = expired.expires_at else {
+pub(super) async fn retire_expired_block(
+    tx: &mut Tx,
+    id: i64,
+    expires_at: Option<Timestamp>,
+) -> Result<()> {
+    let Some(expired_at) = expires_at else {
         return Ok(());
     };
     let seq = changes::next_seq(tx).await?;
@@ -240,7 +244,7 @@ async fn retire_expired_block(tx: &mut Tx, expired: &Block) -> Result<()> {
          WHERE id = $2 AND deactivated_at IS NULL",
     )
     .bind(expired_at.millis())
-    .bind(expired.id)
+    .bind(id)
     .bind(seq)
     .execute(&mut **tx)
     .await?;
@@ -252,7 +256,7 @@ async fn retire_expired_block(tx: &mut Tx, expired: &Block) -> Result<()> {
         at: expired_at,
         actor: "system",
         kind: ChangeKind::Expired,
-        block_id: Some(expired.id),
+        block_id: Some(id),
         blocks: 1,
     };
     changes::log_change(tx, logged).await?;
@@ -260,7 +264,7 @@ async fn retire_expired_block(tx: &mut Tx, expired: &Block) -> Result<()> {
         actor: "system",
         kind: "block.expired",
         subject_type: "block",
-        subject_id: Some(expired.id.to_string()),
+        subject_id: Some(id.to_string()),
         old_value: None,
         new_value: Some(serde_json::json!({"expires_at": expired_at})),
     };
@@ -416,7 +420,7 @@ pub async fn expire_due_blocks(db: &crate::storage::Db, now: Timestamp) -> Resul
     let mut tx = db.begin().await?;
     for row in &rows {
         let block = Block::from_row(row, now)?;
-        retire_expired_block(&mut tx, &block).await?;
+        retire_expired_block(&mut tx, block.id, block.expires_at).await?;
         ended.record(&block);
     }
     tx.commit().await?;

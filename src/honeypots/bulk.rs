@@ -19,7 +19,7 @@ use super::formats::{map_record, Format, Mapped};
 use super::key::AuthenticatedHoneypot;
 use super::writer::PendingEvent;
 use crate::error::{Error, Result};
-use crate::http::{media_type, path_of_nul, read_body, ApiQuery, NUL_REFUSED};
+use crate::http::{media_type, path_of_nul, read_body, ApiQuery, RejectedLine, NUL_REFUSED};
 use crate::server::AppState;
 use crate::time::Timestamp;
 
@@ -44,12 +44,6 @@ pub struct BulkReport {
     pub rejected: Vec<RejectedLine>,
     /// Of the accepted records, those already stored before this upload.
     pub duplicates: usize,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RejectedLine {
-    pub line: usize,
-    pub error: String,
 }
 
 /// A bulk body: NDJSON (one JSON record a line) or one JSON array.

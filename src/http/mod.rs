@@ -4,6 +4,7 @@
 mod extract;
 mod logging;
 mod page;
+mod report;
 mod serve;
 
 pub use extract::{
@@ -12,4 +13,5 @@ pub use extract::{
 };
 pub use logging::log_request;
 pub use page::{fetch_page, Page, PageRequest};
+pub use report::RejectedLine;
 pub use serve::serve;

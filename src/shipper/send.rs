@@ -53,13 +53,16 @@ impl ServerUrl {
 
     /// The bulk endpoint for records in `format`.
     pub fn bulk_endpoint(&self, format: Format) -> Url {
-        let mut url = self.0.clone();
-        let path = format!(
-            "{}/security/honeypot/events/bulk",
-            url.path().trim_end_matches('/')
-        );
-        url.set_path(&path);
+        let mut url = self.endpoint("/security/honeypot/events/bulk");
         url.set_query(Some(&format!("format={}", format.as_str())));
+        url
+    }
+
+    /// `path` (from the API's root) under this base URL.
+    pub fn endpoint(&self, path: &str) -> Url {
+        let mut url = self.0.clone();
+        let path = format!("{}{path}", url.path().trim_end_matches('/'));
+        url.set_path(&path);
         url
     }
 }

@@ -44,6 +44,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0005_bouncer_pulls.sql"),
         postgres: include_str!("../../migrations/postgres/0005_bouncer_pulls.sql"),
     },
+    Migration {
+        version: 6,
+        name: "blocks_without_range_index",
+        sqlite: include_str!("../../migrations/sqlite/0006_blocks_without_range_index.sql"),
+        postgres: include_str!("../../migrations/postgres/0006_blocks_without_range_index.sql"),
+    },
 ];
 
 /// Any number larger than zero that other applications are unlikely to use

@@ -15,6 +15,7 @@ mod errors;
 mod export;
 mod field_cases;
 mod honeypots;
+mod import;
 mod ingest;
 mod logs;
 mod pagination;

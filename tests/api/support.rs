@@ -395,6 +395,18 @@ impl TestApp {
         into_reply(request.send().await.expect("the server answers")).await
     }
 
+    /// Posts a blocklist file to the import endpoint.
+    pub async fn import(&self, token: &str, content_type: &str, body: impl Into<Vec<u8>>) -> Reply {
+        self.send_raw(
+            Method::POST,
+            "/security/policy/blocks/import",
+            Some(token),
+            Some(content_type),
+            body.into(),
+        )
+        .await
+    }
+
     /// Updates the policy as the admin.
     pub async fn update_policy(&self, changes: Value) -> Reply {
         self.admin_post("/security/policy/", changes).await
@@ -407,6 +419,7 @@ async fn serve(database_url: &str, admin_token: &Secret, clock: &ManualClock) ->
     settings.admin_token = Some(admin_token.clone());
     settings.max_body_bytes = 64 * 1024;
     settings.bulk_max_bytes = 256 * 1024;
+    settings.import_max_bytes = 8 * 1024 * 1024;
     valhalla::server::start(&settings, Arc::new(clock.clone()))
         .await
         .expect("the server starts")

@@ -1,0 +1,163 @@
+//! `valhalla block import` end to end: the real server binary on a
+//! temporary SQLite file, and the real command streaming a file to it.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const VALHALLA: &str = env!("CARGO_BIN_EXE_valhalla");
+
+/// How long the server may take to answer `/readyz`.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// The server, killed by its own pid when the test ends, passed or failed.
+struct Server {
+    child: Child,
+    url: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let token = format!(
+            "vh_cli_test_{:032x}",
+            std::process::id() as u128 * 7919 + 17
+        );
+        let database = format!("sqlite://{}", dir.path().join("valhalla.db").display());
+        let child = Command::new(VALHALLA)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("VALHALLA_DATABASE_URL", database)
+            .env("VALHALLA_ADMIN_TOKEN", &token)
+            .env("VALHALLA_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the server starts");
+        let server = Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            token,
+            _dir: dir,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            let ready = reqwest::get(format!("{}/readyz", self.url)).await;
+            if ready.is_ok_and(|response| response.status().is_success()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server was not ready in time"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn check(&self, address: &str) -> Value {
+        reqwest::Client::new()
+            .get(format!("{}/security/policy/blocks/check", self.url))
+            .query(&[("ip", address)])
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("the server answers")
+            .json()
+            .await
+            .expect("a JSON answer")
+    }
+}
+
+/// Runs `valhalla block import` with `arguments` after the file; bounded by
+/// the command's own `--timeout-seconds`.
+fn import(server: &Server, file: &Path, token: &str, arguments: &[&str]) -> Output {
+    Command::new(VALHALLA)
+        .args(["block", "import"])
+        .arg(file)
+        .args([
+            "--url",
+            &server.url,
+            "--token",
+            token,
+            "--timeout-seconds",
+            "60",
+        ])
+        .args(arguments)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the import command runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_import_command_streams_a_file_and_prints_the_summary() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("blocklist.csv");
+    let mut csv = String::from("entity_type,value,reason,duration_seconds\n");
+    for n in 0..3000 {
+        csv.push_str(&format!(
+            "ip,198.18.{}.{},\"scan, {n}\",3600\n",
+            n / 256,
+            n % 256
+        ));
+    }
+    csv.push_str("ip,127.0.0.1,allowlisted,\ncidr,198.19.0.0/16,range,\nip,nonsense,bad,\n");
+    std::fs::write(&file, csv).expect("the file is written");
+
+    let output = import(&server, &file, &server.token, &[]);
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("3001 created, 0 extended, 0 unchanged, 2 rejected"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("line 3002: 127.0.0.1 overlaps the allowlist"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("line 3004: value:"), "{stderr}");
+    assert_eq!(server.check("198.18.11.183").await["blocked"], json!(true));
+    assert_eq!(server.check("198.19.200.1").await["blocked"], json!(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_import_command_fails_on_an_http_error() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("blocklist.ndjson");
+    let line = json!({"entity_type": "ip", "value": "198.18.0.1", "reason": "r"});
+    std::fs::write(&file, format!("{line}\n")).expect("the file is written");
+
+    let refused = import(&server, &file, "vh_wrong_token_wrong_token_wrong", &[]);
+    let as_csv = import(&server, &file, &server.token, &["--format", "csv"]);
+
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
+    assert!(!as_csv.status.success(), "a JSON line is no CSV header");
+    let stderr = String::from_utf8_lossy(&as_csv.stderr);
+    assert!(stderr.contains("422"), "{stderr}");
+    assert_eq!(server.check("198.18.0.1").await["blocked"], json!(false));
+}
