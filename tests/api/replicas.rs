@@ -105,6 +105,34 @@ backend_tests! {
         other.stop().await;
     }
 
+    async fn a_block_racing_an_allowlist_change_never_outlives_it(app: TestApp) {
+        let other = app.replica().await;
+        let mut allowlist = app.admin_get("/security/policy/").await.body["allowlist"].clone();
+
+        // Each round allowlists a new network on one server while the other
+        // blocks an address inside it. Whichever commits first, the address
+        // must end up not blocked: refused, or deactivated by the change.
+        for round in 0..12 {
+            let network = format!("10.61.{round}.0/24");
+            let address = format!("10.61.{round}.7");
+            allowlist.as_array_mut().expect("a list").push(json!(network));
+            let policy = app.update_policy(json!({"allowlist": allowlist.clone()}));
+            let block = other.block("ip", &address, json!({}));
+            let (policy, block) = tokio::join!(policy, block);
+
+            policy.expect(200);
+            assert!(
+                [200, 201, 409].contains(&block.status.as_u16()),
+                "{}",
+                block.text
+            );
+            until_checked(&app, &address, false).await;
+            until_checked(&other, &address, false).await;
+        }
+
+        other.stop().await;
+    }
+
     async fn concurrent_writes_on_both_replicas_all_succeed(app: TestApp) {
         let other = app.replica().await;
 
