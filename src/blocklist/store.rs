@@ -42,9 +42,12 @@ pub fn resolve_expiry(
 /// (permanent wins). Refused with 409 when the entity overlaps the
 /// allowlist, whoever asks.
 pub async fn block_entity(tx: &mut Tx, now: Timestamp, new: NewBlock) -> Result<BlockOutcome> {
-    refuse_allowlisted(tx, &new.entity).await?;
-
+    // The sequence before the allowlist: a growing allowlist takes the
+    // sequence too (see `deactivate_allowlisted`), so either this reads
+    // the grown allowlist, or that change sees this block and ends it.
     let seq = changes::next_seq(tx).await?;
+
+    refuse_allowlisted(tx, &new.entity).await?;
 
     if let Some(existing) = find_live_block(&mut **tx, &new.entity, now).await? {
         if existing.is_active {
@@ -346,6 +349,14 @@ pub async fn deactivate_allowlisted(
     actor: &str,
     now: Timestamp,
 ) -> Result<()> {
+    if networks.is_empty() {
+        return Ok(());
+    }
+
+    // Waits for any block being created to commit, so that the query
+    // below sees it; one created later reads this allowlist and is refused.
+    changes::next_seq(tx).await?;
+
     for network in networks {
         let (start, end) = network.range();
         let ids: Vec<i64> = sqlx::query(

@@ -107,8 +107,18 @@ impl Db {
     }
 
     /// Starts a transaction that may write.
+    ///
+    /// On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`): a
+    /// transaction that reads first and writes later cannot wait for
+    /// another process's write (a second server on the same file, the
+    /// `token` command) and fails with `database is locked` instead, while
+    /// `BEGIN IMMEDIATE` waits its turn under the busy timeout.
     pub async fn begin(&self) -> Result<Tx> {
-        Ok(self.writer.begin().await?)
+        let tx = match self.backend {
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.writer.begin().await?,
+        };
+        Ok(tx)
     }
 
     /// Answers whether the database responds, for readiness checks.

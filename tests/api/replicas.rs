@@ -104,4 +104,63 @@ backend_tests! {
         later.stop().await;
         other.stop().await;
     }
+
+    async fn a_block_racing_an_allowlist_change_never_outlives_it(app: TestApp) {
+        let other = app.replica().await;
+        let mut allowlist = app.admin_get("/security/policy/").await.body["allowlist"].clone();
+
+        // Each round allowlists a new network on one server while the other
+        // blocks an address inside it. Whichever commits first, the address
+        // must end up not blocked: refused, or deactivated by the change.
+        for round in 0..12 {
+            let network = format!("10.61.{round}.0/24");
+            let address = format!("10.61.{round}.7");
+            allowlist.as_array_mut().expect("a list").push(json!(network));
+            let policy = app.update_policy(json!({"allowlist": allowlist.clone()}));
+            let block = other.block("ip", &address, json!({}));
+            let (policy, block) = tokio::join!(policy, block);
+
+            policy.expect(200);
+            assert!(
+                [200, 201, 409].contains(&block.status.as_u16()),
+                "{}",
+                block.text
+            );
+            until_checked(&app, &address, false).await;
+            until_checked(&other, &address, false).await;
+        }
+
+        other.stop().await;
+    }
+
+    async fn concurrent_writes_on_both_replicas_all_succeed(app: TestApp) {
+        let other = app.replica().await;
+
+        // Blocks and extensions of a few addresses, sent at once to both
+        // servers: each write takes the other server's turn on the database
+        // into account, so none may fail with a 500.
+        let http = reqwest::Client::new();
+        let mut writes = Vec::new();
+        for n in 0..48 {
+            let base = if n % 2 == 0 { &app.base_url } else { &other.base_url };
+            let request = http
+                .post(format!("{base}/security/policy/blocks"))
+                .bearer_auth(&app.admin_token)
+                .json(&json!({
+                    "entity_type": "ip",
+                    "value": format!("198.51.100.{}", 70 + n % 6),
+                    "reason": "concurrent",
+                    "duration_seconds": 60 + n,
+                }));
+            writes.push(tokio::spawn(request.send()));
+        }
+        for write in writes {
+            let reply = write.await.expect("the task ran").expect("an answer");
+            let status = reply.status().as_u16();
+            let text = reply.text().await.unwrap_or_default();
+            assert!(status == 200 || status == 201, "{status}: {text}");
+        }
+
+        other.stop().await;
+    }
 }
