@@ -230,8 +230,10 @@ async fn extend_block(
 /// Closes an expired block at its expiry instant, so that a new block of the
 /// same entity can be created. Of the sweep and a new block of the entity
 /// racing to close it, only the one whose update changed the row records it.
-/// Takes a change number of its own: it may share a transaction with the
-/// block that replaces it, or with other expiries.
+/// The update also requires the expiry that was read: a block extended
+/// meanwhile (by a replica whose clock runs a little behind) is no longer
+/// expired and stays. Takes a change number of its own: it may share a
+/// transaction with the block that replaces it, or with other expiries.
 pub(super) async fn retire_expired_block(
     tx: &mut Tx,
     id: i64,
@@ -244,7 +246,7 @@ pub(super) async fn retire_expired_block(
     let retired = sqlx::query(
         "UPDATE blocks SET deactivated_at = $1, deactivated_by = 'system', \
              deactivation_reason = 'expired', changed_seq = $3 \
-         WHERE id = $2 AND deactivated_at IS NULL",
+         WHERE id = $2 AND deactivated_at IS NULL AND expires_at = $1",
     )
     .bind(expired_at.millis())
     .bind(id)
