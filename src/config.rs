@@ -44,6 +44,11 @@ pub struct ServeSettings {
     #[arg(long, env = "VALHALLA_REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
     pub request_timeout_seconds: u64,
 
+    /// Longest a blocklist import may take, in seconds: a file of millions
+    /// of lines takes longer than any other request.
+    #[arg(long, env = "VALHALLA_IMPORT_TIMEOUT_SECONDS", default_value_t = 3600)]
+    pub import_timeout_seconds: u64,
+
     /// Admin token to create at first start instead of a random one (32+ characters).
     #[arg(long, env = "VALHALLA_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub admin_token: Option<Secret>,
@@ -61,6 +66,7 @@ impl ServeSettings {
             bulk_max_bytes: 16 * 1024 * 1024,
             import_max_bytes: 256 * 1024 * 1024,
             request_timeout_seconds: 30,
+            import_timeout_seconds: 3600,
             admin_token: None,
         }
     }
@@ -103,6 +109,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "VALHALLA_BULK_MAX_BYTES",
     "VALHALLA_IMPORT_MAX_BYTES",
     "VALHALLA_REQUEST_TIMEOUT_SECONDS",
+    "VALHALLA_IMPORT_TIMEOUT_SECONDS",
     "VALHALLA_ADMIN_TOKEN",
     "VALHALLA_LOG_FORMAT",
     "VALHALLA_LOG",

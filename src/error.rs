@@ -57,6 +57,10 @@ pub enum Error {
     RateLimited(u64),
     #[error("not ready: {0}")]
     Unavailable(String),
+    /// The request took longer than its deadline, reading its body
+    /// included; the seconds it was allowed.
+    #[error("request took longer than {0} s")]
+    RequestTimeout(u64),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("internal error: {0}")]
@@ -99,6 +103,7 @@ impl Error {
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::Database(_) | Error::Internal(_) | Error::Command(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -117,6 +122,7 @@ impl Error {
             Error::Invalid { .. } => "validation-failed",
             Error::RateLimited(_) => "rate-limited",
             Error::Unavailable(_) => "not-ready",
+            Error::RequestTimeout(_) => "request-timeout",
             Error::Database(_) | Error::Internal(_) | Error::Command(_) => "internal-error",
         }
     }
@@ -135,6 +141,9 @@ impl Error {
             Error::PayloadTooLarge => "the request body exceeds the configured limit".to_string(),
             Error::RateLimited(seconds) => {
                 format!("this client is over its rate limit; retry after {seconds} s")
+            }
+            Error::RequestTimeout(seconds) => {
+                format!("the request was not finished within {seconds} s")
             }
             Error::Database(_) | Error::Internal(_) | Error::Command(_) => {
                 "the server failed to handle this request; it has been logged".to_string()

@@ -13,7 +13,6 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -77,9 +76,12 @@ pub fn router(state: AppState, settings: &ServeSettings) -> Router {
         ))
         .layer(axum::middleware::from_fn(crate::http::log_request))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(settings.request_timeout_seconds),
+        .layer(axum::middleware::from_fn_with_state(
+            crate::http::Deadlines {
+                request_seconds: settings.request_timeout_seconds,
+                import_seconds: settings.import_timeout_seconds,
+            },
+            crate::http::enforce_deadline,
         ))
         .layer(CatchPanicLayer::custom(|_| {
             Error::Internal("a handler panicked".to_string()).into_response()

@@ -1,12 +1,14 @@
 //! What every route shares: body and query extraction with problem+json
 //! rejections, pagination, and the one log line per request.
 
+mod deadline;
 mod extract;
 mod logging;
 mod page;
 mod report;
 mod serve;
 
+pub use deadline::{enforce_deadline, Deadlines, IMPORT_PATH};
 pub use extract::{
     address_filter, deserialize_value, media_type, parse_json, path_of_nul, read_body, ApiJson,
     ApiPath, ApiQuery, OptionalJson, NUL_REFUSED,

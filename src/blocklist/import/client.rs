@@ -118,7 +118,7 @@ async fn send_file(settings: &ImportSettings, format: FileFormat) -> Result<Impo
         .build()
         .map_err(|error| Error::Command(format!("cannot build the HTTP client: {error}")))?;
     let response = client
-        .post(settings.url.endpoint("/security/policy/blocks/import"))
+        .post(settings.url.endpoint(crate::http::IMPORT_PATH))
         .bearer_auth(settings.token.expose())
         .header(CONTENT_TYPE, format.media_type())
         .header(CONTENT_LENGTH, size)
