@@ -108,19 +108,5 @@ table=$(
 | check, ⅓ blocked addresses, ⅓ inside blocked networks, ⅓ random | $mixed_rps req/s (p50 $mixed_p50, p99 $mixed_p99) | $baseline req/s | $(ratio "$mixed_rps" "$baseline") | ≥ 0.60 |
 TABLE
 )
-stamp="$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -m), commit $(git rev-parse --short HEAD)"
-section=$(printf '%s\n\n%s\n\n%s\n' "<!-- enforcement:start -->" \
-    "Measured $stamp with \`bash bench/enforcement.sh\`, SQLite:" "$table")
-python3 - "$section" <<'PY'
-import re, sys
-section = sys.argv[1] + "\n<!-- enforcement:end -->"
-path = "BENCHMARKS.md"
-text = open(path).read()
-if "<!-- enforcement:start -->" not in text:
-    text += "\n" + section + "\n"
-else:
-    text = re.sub(r"<!-- enforcement:start -->.*?<!-- enforcement:end -->",
-                  lambda _: section, text, flags=re.S)
-open(path, "w").write(text)
-PY
+printf '%s\n' "$table" | python3 bench/write_section.py enforcement bench/enforcement.sh
 echo "$table"

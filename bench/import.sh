@@ -15,15 +15,5 @@ python3 bench/blocklist_lines.py --lines "$lines" > "$work/blocklist.ndjson"
 
 table=$(VALHALLA_BENCH_IMPORT_FILE="$work/blocklist.ndjson" cargo bench --bench import 2>/dev/null \
     | grep '^|')
-stamp="$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -m), load average $(cut -d' ' -f1 /proc/loadavg) at the end, commit $(git rev-parse --short HEAD)"
-section=$(printf '%s\n%s\n\n%s\n' "<!-- import:start -->" "Measured $stamp with \`bench/import.sh\`:" "$table")
-
-python3 - "$section" <<'PY'
-import re, sys
-section = sys.argv[1] + "\n<!-- import:end -->"
-path = "BENCHMARKS.md"
-text = open(path).read()
-text = re.sub(r"<!-- import:start -->.*?<!-- import:end -->", lambda _: section, text, flags=re.S)
-open(path, "w").write(text)
-PY
+printf '%s\n' "$table" | python3 bench/write_section.py import bench/import.sh
 echo "$table"
