@@ -172,9 +172,16 @@ type PageRow = (i64, String, String, String, String, Option<i64>);
 /// read in one piece. Row by row, sqlx hands over each row separately,
 /// which costs several times what SQLite needs to read it; a startup
 /// stream of a million decisions is where that shows.
+///
+/// Only blocks created at or before change `created_upto` are sent: a
+/// startup pull records that change number as its position, and a block
+/// created after it, while the pages are read, is sent by the next pull.
+/// Sent now, it would be one the bouncer holds but that the next pull does
+/// not count as held, so its deactivation would never reach the bouncer.
 pub async fn write_active_pages(
     db: &crate::storage::Db,
     now: crate::time::Timestamp,
+    created_upto: i64,
     selection: &Selection<'_>,
     list: &mut DecisionList,
     out: &mut FeedWriter,
@@ -186,6 +193,7 @@ pub async fn write_active_pages(
             .bind(now.millis())
             .bind(after)
             .bind(PAGE_ROWS)
+            .bind(created_upto)
             .fetch_one(db.reader())
             .await?;
         let Some(last) = sqlx::Row::try_get::<Option<i64>, _>(&row, "last_id")? else {
@@ -212,11 +220,12 @@ pub async fn write_active_pages(
 }
 
 /// The active blocks with an id after `$2`, at most `$3` of them, at `$1`,
-/// as one JSON array of arrays and the last id (NULL when none is left).
+/// created at or before change `$4`, as one JSON array of arrays and the
+/// last id (NULL when none is left).
 fn active_page_sql(backend: crate::storage::Backend) -> String {
     let page = "SELECT id, entity_type, value, reason, source, expires_at FROM blocks \
                 WHERE deactivated_at IS NULL AND (expires_at IS NULL OR expires_at > $1) \
-                  AND id > $2 \
+                  AND id > $2 AND created_seq <= $4 \
                 ORDER BY id LIMIT $3";
     match backend {
         crate::storage::Backend::Sqlite => format!(

@@ -171,7 +171,8 @@ async fn write_live(
 ) -> Result<()> {
     let mut list = DecisionList::default();
     if let Target::All = target {
-        write_active_pages(&state.db, now, selection, &mut list, out).await?;
+        // A live query records no position: every active block is sent.
+        write_active_pages(&state.db, now, i64::MAX, selection, &mut list, out).await?;
         list.end(out);
         return out.send().await;
     }

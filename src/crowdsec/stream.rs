@@ -267,7 +267,8 @@ async fn write_active(
     list: &mut DecisionList,
     out: &mut FeedWriter,
 ) -> Result<()> {
-    write_active_pages(&state.db, position.last_pull_at, selection, list, out).await
+    let (now, upto) = (position.last_pull_at, position.last_seq);
+    write_active_pages(&state.db, now, upto, selection, list, out).await
 }
 
 /// Blocks created or extended since, then long blocks due for a re-send.

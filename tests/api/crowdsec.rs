@@ -720,3 +720,66 @@ backend_tests! {
         assert_eq!(decisions(&all.body).len(), 9_001);
     }
 }
+
+/// Sends `GET path` over HTTP/1.0 (no chunking: the body ends when the
+/// server closes) from a socket with a small receive buffer, so that the
+/// server can write only a little ahead of what has been read.
+async fn slow_bouncer_get(app: &TestApp, path: &str, key: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+
+    let address = app.base_url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(address).await.expect("the server accepts");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: test\r\nX-Api-Key: {key}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+backend_tests! {
+    async fn a_block_created_during_a_startup_stream_is_deleted_when_deactivated(app: TestApp) {
+        use std::collections::BTreeSet;
+        use sqlx::{Connection, Executor};
+        use tokio::io::AsyncReadExt;
+
+        // Enough decisions (about 9 MB) that the stream is still being
+        // written, a page at a time, once the first bytes have arrived.
+        let key = bouncer_key(&app, "edge").await;
+        let mut connection = sqlx::AnyConnection::connect(&app.database_url).await.unwrap();
+        let sql = format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 80000) \
+             INSERT INTO blocks (entity_type, value, family, reason, source, created_by, \
+                 created_at, created_seq, changed_seq) \
+             SELECT 'ip', '10.' || (i / 65536) || '.' || ((i / 256) % 256) || '.' || (i % 256), \
+                 4, 'bulk', 'system', 'test', {}, 0, 0 FROM n",
+            app.now().millis()
+        );
+        connection.execute(sql.as_str()).await.unwrap();
+        connection.close().await.ok();
+
+        // The startup pull has read its position once its first bytes are
+        // out; a block made now has a later change number.
+        let mut stream = slow_bouncer_get(&app, "/v1/decisions/stream?startup=true", &key).await;
+        let mut received = vec![0_u8; 1024];
+        let first = stream.read(&mut received).await.unwrap();
+        received.truncate(first);
+        let late = app.block("ip", "192.0.2.77", json!({})).await.expect(201);
+        stream.read_to_end(&mut received).await.unwrap();
+        let text = String::from_utf8(received).unwrap();
+        let (_, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+        let startup: Value = serde_json::from_str(body).expect("a complete document");
+        let mut held: BTreeSet<String> = values(&startup["new"]).into_iter().collect();
+
+        // Whatever the bouncer holds after the next pull is what is active.
+        deactivate(&app, late.id()).await;
+        let next = pull(&app, &key, "").await;
+        for value in deleted_values(&next) {
+            held.remove(&value);
+        }
+        held.extend(new_values(&next));
+        let all = live(&app, &key, "").await;
+        let active: BTreeSet<String> = values(&all.body).into_iter().collect();
+        assert!(!held.contains("192.0.2.77"), "a deactivated block stays with the bouncer");
+        assert_eq!(held.len(), active.len());
+    }
+}
