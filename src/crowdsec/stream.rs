@@ -53,11 +53,16 @@ const DELETED_DURATION: &str = "1s";
 /// Active blocks at `$1` (now); rows of other entity types than `ip` and
 /// `cidr` are skipped as they are read (see `DecisionRow::from_row`).
 const ACTIVE: &str = "deactivated_at IS NULL AND (expires_at IS NULL OR expires_at > $1)";
-/// No active block of the same entity at `$1`: such a value is held or new.
+/// No active block of the same entity at `$1` that the bouncer holds or
+/// gets in this pull (created at or before this pull's position, `$4`):
+/// such a value is still to be enforced. A block created after the
+/// position goes out in the next pull, so it cannot stand in for the
+/// deletion, which would otherwise never be sent.
 const NOT_LIVE_AGAIN: &str = "NOT EXISTS (SELECT 1 FROM blocks live \
     WHERE live.entity_type = ended.entity_type AND live.value = ended.value \
       AND live.deactivated_at IS NULL \
-      AND (live.expires_at IS NULL OR live.expires_at > $1))";
+      AND (live.expires_at IS NULL OR live.expires_at > $1) \
+      AND live.created_seq <= $4)";
 
 /// The stream's answer: `deleted` then `new`, each an array or `null`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -365,6 +370,7 @@ async fn write_deleted(
     let query = sqlx::query(&deactivated)
         .bind(now.millis())
         .bind(since.last_seq)
+        .bind(position.last_seq)
         .bind(position.last_seq);
     write_rows(state.db.reader(), query, &selection, list, out, decide).await?;
 
@@ -381,7 +387,8 @@ async fn write_deleted(
     let query = sqlx::query(&expired)
         .bind(now.millis())
         .bind(since.last_seq)
-        .bind(since.last_pull_at.millis());
+        .bind(since.last_pull_at.millis())
+        .bind(position.last_seq);
     write_rows(state.db.reader(), query, &selection, list, out, decide).await
 }
 
