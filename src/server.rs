@@ -74,6 +74,9 @@ pub fn router(state: AppState, settings: &ServeSettings) -> Router {
             state.clone(),
             crate::ratelimit::limit_requests,
         ))
+        .layer(axum::middleware::from_fn(
+            crate::http::refuse_encoded_bodies,
+        ))
         .layer(axum::middleware::from_fn(crate::http::log_request))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(

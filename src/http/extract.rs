@@ -6,6 +6,8 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
@@ -206,4 +208,23 @@ pub fn address_filter(value: Option<String>) -> Result<Option<String>> {
                 .map_err(Error::BadRequest)
         })
         .transpose()
+}
+
+/// Middleware: refuses a body in a content coding (gzip, say) with 415, as
+/// RFC 9110 asks of a server that does not decode it. Read as plain bytes,
+/// a compressed import would otherwise be answered 200 with every line
+/// rejected, which says nothing of the cause.
+pub async fn refuse_encoded_bodies(request: Request, next: Next) -> Response {
+    let coding = request
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .map(|value| value.to_str().unwrap_or("").trim().to_ascii_lowercase());
+    match coding.as_deref() {
+        None | Some("identity") => next.run(request).await,
+        Some(_) => Error::UnsupportedMediaType(
+            "compressed bodies are not accepted; send the body without Content-Encoding"
+                .to_string(),
+        )
+        .into_response(),
+    }
 }

@@ -10,8 +10,8 @@ mod serve;
 
 pub use deadline::{enforce_deadline, Deadlines, IMPORT_PATH};
 pub use extract::{
-    address_filter, deserialize_value, media_type, parse_json, path_of_nul, read_body, ApiJson,
-    ApiPath, ApiQuery, OptionalJson, NUL_REFUSED,
+    address_filter, deserialize_value, media_type, parse_json, path_of_nul, read_body,
+    refuse_encoded_bodies, ApiJson, ApiPath, ApiQuery, OptionalJson, NUL_REFUSED,
 };
 pub use logging::log_request;
 pub use page::{fetch_page, Page, PageRequest};

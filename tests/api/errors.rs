@@ -311,6 +311,30 @@ backend_tests! {
         app.admin_post(BLOCKS, just_under).await.expect(201);
     }
 
+    async fn a_compressed_body_is_an_unsupported_media_type_problem(app: TestApp) {
+        let gzip_magic = vec![0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00];
+        for (path, content_type) in [
+            (BLOCKS, "application/json"),
+            ("/security/policy/blocks/import", "application/x-ndjson"),
+        ] {
+            let url = format!("{}{path}", app.base_url);
+            let response = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(&app.admin_token)
+                .header("content-type", content_type)
+                .header("content-encoding", "gzip")
+                .body(gzip_magic.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 415, "{path}");
+            let media = response.headers()["content-type"].to_str().unwrap().to_string();
+            assert_eq!(media, "application/problem+json", "{path}");
+        }
+        let list = app.admin_get("/security/policy/blocks?active=false").await.expect(200);
+        assert!(list.items().is_empty(), "{}", list.text);
+    }
+
     async fn a_body_that_is_not_json_is_an_unsupported_media_type_problem(app: TestApp) {
         let token = app.admin_token.clone();
         let body = br#"{"entity_type": "ip", "value": "203.0.113.7", "reason": "x"}"#.to_vec();
