@@ -103,7 +103,14 @@ async fn send_file(settings: &ImportSettings, format: FileFormat) -> Result<Impo
     let file = tokio::fs::File::open(&settings.file)
         .await
         .map_err(cannot_read)?;
-    let size = file.metadata().await.map_err(cannot_read)?.len();
+    let metadata = file.metadata().await.map_err(cannot_read)?;
+    if !metadata.is_file() {
+        return Err(Error::Command(format!(
+            "cannot read {}: not a regular file",
+            settings.file.display()
+        )));
+    }
+    let size = metadata.len();
     let progress = Arc::new(Mutex::new(ByteProgress::new(size)));
     let counting = progress.clone();
     let body = ReaderStream::with_capacity(file, 256 * 1024).inspect(move |chunk| {
@@ -127,8 +134,17 @@ async fn send_file(settings: &ImportSettings, format: FileFormat) -> Result<Impo
         .await;
     lock(&progress).finish();
 
-    let response =
-        response.map_err(|error| Error::Command(format!("the import failed: {error}")))?;
+    // A server that refuses the request (a wrong token, a CSV header it
+    // cannot read) answers at once and closes the connection while the
+    // file is still being sent; the client then sees only the broken
+    // upload, not the answer, so say what that usually means.
+    let response = response.map_err(|error| {
+        Error::Command(format!(
+            "the import failed: {error}; if the upload broke off early, the server refused \
+             the request (check the token's role, --format and the file's first line) or \
+             its limits (--import-max-bytes, --import-timeout-seconds): its log says which"
+        ))
+    })?;
     let status = response.status();
     let text = response
         .text()
