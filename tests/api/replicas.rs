@@ -86,8 +86,8 @@ backend_tests! {
         assert_eq!(other.check_ip("203.0.113.61").await.body["blocked"], json!(true));
         assert_eq!(other.check_ip("2001:db8:62::1").await.body["blocked"], json!(true));
         assert_eq!(other.check_ip("203.0.113.62").await.body["blocked"], json!(false));
-        for (entity_type, value) in [("user", "Mallory O'Brien ünïcode"), ("api_key", "key with spaces")]
-        {
+        let names = [("user", "Mallory O'Brien ünïcode"), ("api_key", "key with spaces")];
+        for (entity_type, value) in names {
             let path = format!(
                 "/security/policy/blocks/check?entity_type={entity_type}&value={}",
                 crate::support::encode(value)
