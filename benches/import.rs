@@ -12,7 +12,6 @@
 //! `VALHALLA_BENCH_IMPORT_FILE`); run with `bench/import.sh`, which writes
 //! the table into BENCHMARKS.md.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -23,80 +22,10 @@ use valhalla::blocklist::{Entity, EntityType};
 const BASELINE_ROWS_PER_STATEMENT: usize = 32;
 const BASELINE_ROWS_PER_TRANSACTION: usize = 5_000;
 
-/// The server binary, killed (by its own pid) when dropped.
-struct Server {
-    child: Child,
-    base_url: String,
-    token: String,
-}
+#[path = "../tests/process/server.rs"]
+mod server;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    async fn start(database_url: &str) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut secret = [0u8; 16];
-        getrandom::fill(&mut secret).unwrap();
-        let token = format!("vh_bench_{}", hex::encode(secret));
-        let child = Command::new(env!("CARGO_BIN_EXE_valhalla"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env("VALHALLA_DATABASE_URL", database_url)
-            .env("VALHALLA_ADMIN_TOKEN", &token)
-            .env("VALHALLA_REQUEST_TIMEOUT_SECONDS", "300")
-            .env("VALHALLA_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the server binary starts");
-        let server = Server {
-            child,
-            base_url: format!("http://127.0.0.1:{port}"),
-            token,
-        };
-        server.wait_ready().await;
-        server
-    }
-
-    async fn wait_ready(&self) {
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let ready = http.get(format!("{}/readyz", self.base_url)).send().await;
-            if ready.is_ok_and(|response| response.status().is_success()) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the server did not become ready within 30 s");
-    }
-
-    /// `VmHWM` (peak resident memory) of the server so far, in MiB.
-    fn peak_memory_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|value| {
-                value
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .map_or(f64::NAN, |kib| kib / 1024.0)
-    }
-}
+use server::ServerProcess as Server;
 
 /// Streams the file to the import endpoint; returns the seconds taken and
 /// the report.

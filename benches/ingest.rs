@@ -13,7 +13,6 @@
 //! Sizes: `VALHALLA_BENCH_EVENTS` (bulk, default 200000) and
 //! `VALHALLA_BENCH_POSTS` (single, default 40000).
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,76 +24,10 @@ use sqlx::{AnyConnection, Connection, Executor};
 const BATCH_LINES: usize = 10_000;
 const CONCURRENT_CLIENTS: usize = 64;
 
-struct Server {
-    child: Child,
-    base_url: String,
-    token: String,
-    _dir: tempfile::TempDir,
-}
+#[path = "../tests/process/server.rs"]
+mod server;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(database_url: &str, dir: tempfile::TempDir) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let token = format!("vh_bench_{:032x}", rand_u128());
-        let child = Command::new(env!("CARGO_BIN_EXE_valhalla"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env("VALHALLA_DATABASE_URL", database_url)
-            .env("VALHALLA_ADMIN_TOKEN", &token)
-            .env("VALHALLA_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the server binary starts");
-        Server {
-            child,
-            base_url: format!("http://127.0.0.1:{port}"),
-            token,
-            _dir: dir,
-        }
-    }
-
-    async fn wait_ready(&self, http: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let ready = http.get(format!("{}/readyz", self.base_url)).send().await;
-            if ready.is_ok_and(|response| response.status().is_success()) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the server did not become ready within 30 s");
-    }
-
-    /// Peak resident memory of the server process so far, in MiB.
-    fn peak_memory_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        let kib = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|value| {
-                value
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .unwrap_or(f64::NAN);
-        kib / 1024.0
-    }
-}
+use server::ServerProcess as Server;
 
 fn rand_u128() -> u128 {
     let mut bytes = [0u8; 16];
@@ -398,9 +331,8 @@ async fn measure_backend(backend: &'static str, events: usize, posts: usize) -> 
     let lines = cowrie_lines(events, 1);
     let baseline = measure_baseline(&baseline_url, backend, &lines).await;
 
-    let server = Server::start(&server_url, dir);
+    let server = Server::start(&server_url).await;
     let http = reqwest::Client::new();
-    server.wait_ready(&http).await;
     lift_rate_limit(&http, &server).await;
     let (bulk, started) = measure_bulk(&http, &server, &lines).await;
     let judged = measure_judging(&http, &server, lines.len(), started).await;

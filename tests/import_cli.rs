@@ -2,83 +2,39 @@
 //! temporary SQLite file, and the real command streaming a file to it.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
 
 const VALHALLA: &str = env!("CARGO_BIN_EXE_valhalla");
 
-/// How long the server may take to answer `/readyz`.
-const READY_WITHIN: Duration = Duration::from_secs(30);
+#[path = "process/server.rs"]
+mod server;
 
-/// The server, killed by its own pid when the test ends, passed or failed.
+use server::ServerProcess;
+
+/// The server on a temporary SQLite file of its own.
 struct Server {
-    child: Child,
-    url: String,
-    token: String,
+    process: ServerProcess,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
     async fn start() -> Server {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let token = format!(
-            "vh_cli_test_{:032x}",
-            std::process::id() as u128 * 7919 + 17
-        );
         let database = format!("sqlite://{}", dir.path().join("valhalla.db").display());
-        let child = Command::new(VALHALLA)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env("VALHALLA_DATABASE_URL", database)
-            .env("VALHALLA_ADMIN_TOKEN", &token)
-            .env("VALHALLA_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the server starts");
-        let server = Server {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            token,
-            _dir: dir,
-        };
-        server.wait_ready().await;
-        server
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
-            let ready = reqwest::get(format!("{}/readyz", self.url)).await;
-            if ready.is_ok_and(|response| response.status().is_success()) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server was not ready in time"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let process = ServerProcess::start(&database).await;
+        Server { process, _dir: dir }
     }
 
     async fn check(&self, address: &str) -> Value {
         reqwest::Client::new()
-            .get(format!("{}/security/policy/blocks/check", self.url))
+            .get(format!(
+                "{}/security/policy/blocks/check",
+                self.process.base_url
+            ))
             .query(&[("ip", address)])
-            .bearer_auth(&self.token)
+            .bearer_auth(&self.process.token)
             .send()
             .await
             .expect("the server answers")
@@ -96,7 +52,7 @@ fn import(server: &Server, file: &Path, token: &str, arguments: &[&str]) -> Outp
         .arg(file)
         .args([
             "--url",
-            &server.url,
+            &server.process.base_url,
             "--token",
             token,
             "--timeout-seconds",
@@ -124,7 +80,7 @@ async fn the_import_command_streams_a_file_and_prints_the_summary() {
     csv.push_str("ip,127.0.0.1,allowlisted,\ncidr,198.19.0.0/16,range,\nip,nonsense,bad,\n");
     std::fs::write(&file, csv).expect("the file is written");
 
-    let output = import(&server, &file, &server.token, &[]);
+    let output = import(&server, &file, &server.process.token, &[]);
 
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -151,7 +107,7 @@ async fn the_import_command_fails_on_an_http_error() {
     std::fs::write(&file, format!("{line}\n")).expect("the file is written");
 
     let refused = import(&server, &file, "vh_wrong_token_wrong_token_wrong", &[]);
-    let as_csv = import(&server, &file, &server.token, &["--format", "csv"]);
+    let as_csv = import(&server, &file, &server.process.token, &["--format", "csv"]);
 
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
