@@ -154,37 +154,32 @@ impl Engine {
     async fn execute(&self, filed: Vec<FiledRequest>) {
         for request in filed.into_iter().filter(|filed| filed.auto_approved) {
             let id = request.request.id;
-            let now = self.clock.now();
-            let executed = actions::execute_action_request(
-                &self.db,
-                &self.blocklist,
-                &self.policy,
-                now,
-                id,
-                AUTO_APPROVER,
-                None,
-            );
-            if let Err(error) = executed.await {
+            if let Err(error) = self.execute_as_policy(id).await {
                 tracing::warn!(action_request.id = id, %error, "auto-approved request failed");
             }
         }
+    }
+
+    /// Executes one request the policy approved, as the auto-approver.
+    async fn execute_as_policy(&self, id: i64) -> Result<actions::ActionRequest> {
+        let now = self.clock.now();
+        actions::execute_action_request(
+            &self.db,
+            &self.blocklist,
+            &self.policy,
+            now,
+            id,
+            AUTO_APPROVER,
+            None,
+        )
+        .await
     }
 
     /// Picks up approved-by-policy requests left unexecuted (a stop between
     /// filing and execution); execution is exactly-once, so a race is harmless.
     async fn execute_auto_approved(&self) -> Result<()> {
         for id in actions::auto_approved_backlog(&self.db).await? {
-            let now = self.clock.now();
-            let executed = actions::execute_action_request(
-                &self.db,
-                &self.blocklist,
-                &self.policy,
-                now,
-                id,
-                AUTO_APPROVER,
-                None,
-            );
-            match executed.await {
+            match self.execute_as_policy(id).await {
                 Ok(_) | Err(Error::Conflict(_)) => {}
                 Err(error) => return Err(error),
             }
