@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 const VALHALLA: &str = env!("CARGO_BIN_EXE_valhalla");
 const COWRIE_LOG: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/honeypot/cowrie/cowrie.json"
+    "/samples/honeypot/cowrie/cowrie.json"
 );
 
 /// How long any one thing may take before the test fails.

@@ -36,7 +36,7 @@ use crate::support::{encode, TestApp};
 
 const COWRIE_LOG: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/honeypot/cowrie/cowrie.json"
+    "/samples/honeypot/cowrie/cowrie.json"
 );
 
 const EVENTS: &str = "/security/honeypot/events";
@@ -44,7 +44,7 @@ const EVENT_TYPES: [&str; 4] = ["connection", "auth_attempt", "exploitation", "s
 
 /// The records of the Cowrie log, in file order.
 fn cowrie_records() -> Vec<Map<String, Value>> {
-    let text = std::fs::read_to_string(COWRIE_LOG).expect("the Cowrie log beside the repository");
+    let text = std::fs::read_to_string(COWRIE_LOG).expect("the Cowrie sample in samples/honeypot");
     text.lines()
         .filter(|line| !line.trim().is_empty())
         .map(|line| match serde_json::from_str(line) {

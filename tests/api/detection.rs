@@ -26,7 +26,7 @@ const INCIDENTS: &str = "/security/incidents";
 const POLICY: &str = "/security/policy/";
 const COWRIE_LOG: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/honeypot/cowrie/cowrie.json"
+    "/samples/honeypot/cowrie/cowrie.json"
 );
 
 /// Blocks created within this many seconds count as earlier offences.

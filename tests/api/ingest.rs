@@ -7,11 +7,11 @@ use crate::support::{encode, Reply, TestApp};
 
 const COWRIE_LOG: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/honeypot/cowrie/cowrie.json"
+    "/samples/honeypot/cowrie/cowrie.json"
 );
 const OPENCANARY_LOG: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/honeypot/opencanary/opencanary.log"
+    "/samples/honeypot/opencanary/opencanary.log"
 );
 
 fn read(path: &str) -> String {
