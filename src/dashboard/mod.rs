@@ -219,10 +219,12 @@ async fn honeypot_summary(
         by_type.insert(row.try_get("event_type")?, row.try_get("count")?);
     }
 
-    let unprocessed =
-        sqlx::query("SELECT COUNT(*) AS count FROM honeypot_events WHERE processed_at IS NULL")
-            .fetch_one(&mut **tx)
-            .await?;
+    let unprocessed = sqlx::query(
+        "SELECT COUNT(*) AS count FROM honeypot_events \
+         WHERE id > (SELECT judged_through FROM engine_state)",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
 
     let top_sources = sqlx::query(
         "SELECT source_ip, COUNT(*) AS events FROM honeypot_events WHERE occurred_at >= $1 \

@@ -1,11 +1,12 @@
-//! Heimdall's loop: judges stored events in order, marks them processed in
-//! the same transaction as the incidents and requests they lead to, and on
-//! a steady tick sweeps expired blocks and steps the mode down.
+//! Heimdall's loop: judges stored events in order, records how far it got
+//! in the same transaction as the incidents and requests they lead to, and
+//! on a steady tick sweeps expired blocks and steps the mode down.
 //!
-//! Events are picked by "not processed yet", oldest id first, rather than by
-//! a cursor: after a restart the engine resumes exactly where it stopped,
-//! and an event whose transaction committed late (another replica's) is not
-//! skipped. Marking and judging commit together, so none is judged twice.
+//! Event ids follow commit order (the event writer takes them under the
+//! event sequence's row lock), so "every event after the last one judged"
+//! is a prefix that only grows: after a restart the engine resumes exactly
+//! where it stopped, and no event commits behind its position. Recording
+//! the position and judging commit together, so none is judged twice.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use crate::storage::{self, Backend, Db, Tx};
 use crate::time::Timestamp;
 
 /// Events judged per transaction.
-const BATCH: i64 = 2000;
+const BATCH: i64 = 10_000;
 
 /// How often expiry and de-escalation are looked at when nothing arrives.
 const TICK: Duration = Duration::from_secs(1);
@@ -110,10 +111,11 @@ impl Engine {
         if !self.holds_engine_lock(&mut tx).await? {
             return Ok(0);
         }
-        let events = unprocessed_events(&mut tx).await?;
-        if events.is_empty() {
+        let judged_through = judged_through(&mut tx).await?;
+        let events = events_after(&mut tx, judged_through).await?;
+        let Some(last) = events.last().map(|event| event.id) else {
             return Ok(0);
-        }
+        };
 
         let policy = load_policy(&mut *tx).await?;
         let groups = by_source(&events);
@@ -138,7 +140,7 @@ impl Engine {
             }
         }
         filed.extend(escalation::consider_raising(&mut tx, now, &policy.settings).await?);
-        mark_processed(&mut tx, now, &events).await?;
+        record_position(&mut tx, last).await?;
         tx.commit().await?;
 
         tracing::debug!(
@@ -216,11 +218,21 @@ impl Engine {
     }
 }
 
-async fn unprocessed_events(tx: &mut Tx) -> Result<Vec<JudgedEvent>> {
+/// The id of the last event judged.
+async fn judged_through(tx: &mut Tx) -> Result<i64> {
+    let row = sqlx::query("SELECT judged_through FROM engine_state WHERE id = 1")
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(row.try_get("judged_through")?)
+}
+
+/// The next batch of events after `judged_through`, oldest first.
+async fn events_after(tx: &mut Tx, judged_through: i64) -> Result<Vec<JudgedEvent>> {
     let rows = sqlx::query(
         "SELECT id, honeypot_id, event_type, source_ip, occurred_at, threat_level \
-         FROM honeypot_events WHERE processed_at IS NULL ORDER BY id LIMIT $1",
+         FROM honeypot_events WHERE id > $1 ORDER BY id LIMIT $2",
     )
+    .bind(judged_through)
     .bind(BATCH)
     .fetch_all(&mut **tx)
     .await?;
@@ -280,23 +292,10 @@ fn activity_of(source_ip: &str, events: &[JudgedEvent]) -> SourceActivity {
     }
 }
 
-/// Marks exactly the judged events (by id, not by range: on a shared
-/// PostgreSQL an event inside the range may have committed after the batch
-/// was read). The ids are integers read from the database, written into the
-/// statement; it is not kept in the prepared-statement cache, where every
-/// batch would evict a useful entry.
-async fn mark_processed(tx: &mut Tx, now: Timestamp, events: &[JudgedEvent]) -> Result<()> {
-    for chunk in events.chunks(500) {
-        let ids: Vec<String> = chunk.iter().map(|event| event.id.to_string()).collect();
-        let sql = format!(
-            "UPDATE honeypot_events SET processed_at = $1 WHERE id IN ({})",
-            ids.join(", ")
-        );
-        sqlx::query(&sql)
-            .persistent(false)
-            .bind(now.millis())
-            .execute(&mut **tx)
-            .await?;
-    }
+async fn record_position(tx: &mut Tx, last_judged: i64) -> Result<()> {
+    sqlx::query("UPDATE engine_state SET judged_through = $1 WHERE id = 1")
+        .bind(last_judged)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }

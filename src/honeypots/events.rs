@@ -174,13 +174,15 @@ pub struct HoneypotEvent {
 
 pub(crate) const EVENT_COLUMNS: &str = "id, honeypot_id, event_type, source_ip, source_port, \
     destination_port, protocol, username, password, command, session_id, payload, \
-    occurred_at, received_at, threat_level, threat_tags, processed_at";
+    occurred_at, received_at, threat_level, threat_tags, \
+    CAST(CASE WHEN id <= (SELECT judged_through FROM engine_state) THEN 1 ELSE 0 END AS BIGINT) \
+        AS processed";
 
 impl HoneypotEvent {
     pub(crate) fn from_row(row: &AnyRow) -> Result<Self> {
         let event_type: String = row.try_get("event_type")?;
         let threat_level: String = row.try_get("threat_level")?;
-        let processed_at: Option<i64> = row.try_get("processed_at")?;
+        let processed: i64 = row.try_get("processed")?;
         Ok(HoneypotEvent {
             id: row.try_get("id")?,
             honeypot_id: row.try_get("honeypot_id")?,
@@ -200,7 +202,7 @@ impl HoneypotEvent {
             threat_level: ThreatLevel::parse(&threat_level)
                 .ok_or_else(|| Error::Internal(format!("stored threat level {threat_level}")))?,
             threat_tags: storage::json(row, "threat_tags")?,
-            is_processed: processed_at.is_some(),
+            is_processed: processed == 1,
         })
     }
 }
@@ -285,8 +287,8 @@ async fn list_events(
         .optional("occurred_at >= ?", query.since.map(|at| at.millis().into()))
         .optional("occurred_at < ?", query.until.map(|at| at.millis().into()));
     match query.processed {
-        Some(true) => filter.raw("processed_at IS NOT NULL"),
-        Some(false) => filter.raw("processed_at IS NULL"),
+        Some(true) => filter.raw("id <= (SELECT judged_through FROM engine_state)"),
+        Some(false) => filter.raw("id > (SELECT judged_through FROM engine_state)"),
         None => &mut filter,
     };
     let select = &format!("SELECT {EVENT_COLUMNS} FROM honeypot_events");

@@ -50,6 +50,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0006_blocks_without_range_index.sql"),
         postgres: include_str!("../../migrations/postgres/0006_blocks_without_range_index.sql"),
     },
+    Migration {
+        version: 7,
+        name: "events_by_position",
+        sqlite: include_str!("../../migrations/sqlite/0007_events_by_position.sql"),
+        postgres: include_str!("../../migrations/postgres/0007_events_by_position.sql"),
+    },
 ];
 
 /// Any number larger than zero that other applications are unlikely to use
