@@ -112,7 +112,7 @@ impl Engine {
             return Ok(0);
         }
         let judged_through = judged_through(&mut tx).await?;
-        let events = events_after(&mut tx, judged_through).await?;
+        let events = events_after(&mut tx, self.db.backend(), judged_through).await?;
         let Some(last) = events.last().map(|event| event.id) else {
             return Ok(0);
         };
@@ -123,9 +123,15 @@ impl Engine {
             .iter()
             .map(|(source, events)| activity_of(source, events))
             .collect();
-        let incident_of = incidents::record_activities(&mut tx, now, &activities).await?;
-        let suspects =
-            auto_block::sources_near_threshold(&mut tx, &policy.settings, &groups).await?;
+        let incident_of =
+            incidents::record_activities(&mut tx, self.db.backend(), now, &activities).await?;
+        let suspects = auto_block::sources_near_threshold(
+            &mut tx,
+            self.db.backend(),
+            &policy.settings,
+            &groups,
+        )
+        .await?;
         let mut filed = Vec::new();
         for (source_ip, events) in groups
             .iter()
@@ -227,29 +233,44 @@ async fn judged_through(tx: &mut Tx) -> Result<i64> {
 }
 
 /// The next batch of events after `judged_through`, oldest first.
-async fn events_after(tx: &mut Tx, judged_through: i64) -> Result<Vec<JudgedEvent>> {
-    let rows = sqlx::query(
+async fn events_after(
+    tx: &mut Tx,
+    backend: Backend,
+    judged_through: i64,
+) -> Result<Vec<JudgedEvent>> {
+    let sql = storage::rows_as_json(
+        backend,
+        "id, honeypot_id, event_type, source_ip, occurred_at, threat_level",
         "SELECT id, honeypot_id, event_type, source_ip, occurred_at, threat_level \
          FROM honeypot_events WHERE id > $1 ORDER BY id LIMIT $2",
-    )
-    .bind(judged_through)
-    .bind(BATCH)
-    .fetch_all(&mut **tx)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let level: String = row.try_get("threat_level")?;
-            Ok(JudgedEvent {
-                id: row.try_get("id")?,
-                honeypot_id: row.try_get("honeypot_id")?,
-                event_type: row.try_get("event_type")?,
-                source_ip: row.try_get("source_ip")?,
-                occurred_at: storage::timestamp(row, "occurred_at")?,
-                threat_level: ThreatLevel::parse(&level)
-                    .ok_or_else(|| Error::Internal(format!("stored threat level {level}")))?,
-            })
-        })
-        .collect()
+    );
+    let row = sqlx::query(&sql)
+        .bind(judged_through)
+        .bind(BATCH)
+        .fetch_one(&mut **tx)
+        .await?;
+    let rows: Vec<(i64, i64, String, String, i64, String)> = storage::parse_json_rows(&row)?;
+
+    let mut events = rows
+        .into_iter()
+        .map(
+            |(id, honeypot_id, event_type, source_ip, occurred_at, level)| {
+                Ok(JudgedEvent {
+                    id,
+                    honeypot_id,
+                    event_type,
+                    source_ip,
+                    occurred_at: Timestamp::from_millis(occurred_at).ok_or_else(|| {
+                        Error::Internal(format!("event {id} holds an out-of-range instant"))
+                    })?,
+                    threat_level: ThreatLevel::parse(&level)
+                        .ok_or_else(|| Error::Internal(format!("stored threat level {level}")))?,
+                })
+            },
+        )
+        .collect::<Result<Vec<_>>>()?;
+    events.sort_unstable_by_key(|event| event.id);
+    Ok(events)
 }
 
 /// Events grouped by source, each group in id (commit) order.

@@ -8,7 +8,7 @@
 //! arrived meanwhile. One writer also means events are numbered in commit
 //! order, which lets a reader resume "after id N" without gaps.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -28,7 +28,7 @@ const MAX_GROUP_ROWS: usize = 20_000;
 /// single parameter, which the database unpacks itself: sqlx's cost grows
 /// with every bound parameter, faster than the parameters' count. The limit
 /// only bounds the size of one statement's text.
-const ROWS_PER_STATEMENT: usize = 5_000;
+const ROWS_PER_STATEMENT: usize = 10_000;
 
 /// An event ready to store: classified, with its idempotency fingerprint.
 #[derive(Debug)]
@@ -112,6 +112,8 @@ impl EventWriter {
     }
 
     /// Stores `events` from one honeypot; returns once they are committed.
+    /// `want_rows` returns the stored events, which only events without a
+    /// fingerprint (all of them stored) can ask for.
     pub async fn write(
         &self,
         honeypot_id: i64,
@@ -121,6 +123,11 @@ impl EventWriter {
     ) -> Result<Written> {
         if events.is_empty() {
             return Ok(Written::default());
+        }
+        if want_rows && events.iter().any(|pending| pending.fingerprint.is_some()) {
+            return Err(Error::Internal(
+                "stored rows asked for events with fingerprints".to_string(),
+            ));
         }
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -174,19 +181,47 @@ async fn run_writer(db: Db, mut queue: mpsc::Receiver<Job>, stored: Arc<Notify>)
 
 /// One transaction for the whole group: ids taken from the event sequence
 /// (whose row lock, on PostgreSQL, makes ids follow commit order), the rows
-/// inserted a few thousand a statement, the honeypots' counters updated.
+/// inserted thousands a statement, the honeypots' counters updated.
+///
+/// Each job with fingerprints gets statements of its own, so that the
+/// count of rows each inserts tells how many of that job's events were new.
+/// Events without a fingerprint can't be duplicates: all jobs' such events
+/// share statements, and all of them are stored.
 async fn write_group(db: &Db, group: &[Job]) -> Result<Vec<Written>> {
     let mut tx = db.begin().await?;
     let count: usize = group.iter().map(|job| job.events.len()).sum();
     let first_id = take_event_ids(&mut tx, count).await?;
 
-    let rows = event_rows(group, first_id);
-    let mut stored_ids = HashSet::with_capacity(count);
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        stored_ids.extend(insert_rows(&mut tx, db, chunk).await?);
+    let mut results = Vec::with_capacity(group.len());
+    let mut always_stored = Vec::new();
+    let mut next_id = first_id;
+    for job in group {
+        let rows = event_rows(job, next_id);
+        if job
+            .events
+            .iter()
+            .any(|pending| pending.fingerprint.is_some())
+        {
+            let stored = insert_rows(&mut tx, db, &rows).await?;
+            results.push(Written {
+                stored,
+                rows: Vec::new(),
+            });
+        } else {
+            results.push(stored_as_sent(job, next_id));
+            always_stored.extend(rows);
+        }
+        next_id += job.events.len() as i64;
+    }
+    let stored = insert_rows(&mut tx, db, &always_stored).await?;
+    if stored != always_stored.len() {
+        return Err(Error::Internal(format!(
+            "{} of {} events without a fingerprint were stored",
+            stored,
+            always_stored.len()
+        )));
     }
 
-    let results = written_by_job(group, first_id, &stored_ids);
     count_on_instances(&mut tx, group, &results).await?;
     tx.commit().await?;
     Ok(results)
@@ -227,14 +262,12 @@ struct EventRow<'a>(
     Option<&'a str>,
 );
 
-/// The group's rows, numbered from `first_id` in job order.
-fn event_rows(group: &[Job], first_id: i64) -> Vec<EventRow<'_>> {
-    let pending = group
+/// A job's rows, numbered from `first_id`.
+fn event_rows(job: &Job, first_id: i64) -> Vec<EventRow<'_>> {
+    job.events
         .iter()
-        .flat_map(|job| job.events.iter().map(move |pending| (job, pending)));
-    pending
         .enumerate()
-        .map(|(offset, (job, pending))| {
+        .map(|(offset, pending)| {
             let event = &pending.event;
             EventRow(
                 first_id + offset as i64,
@@ -259,9 +292,10 @@ fn event_rows(group: &[Job], first_id: i64) -> Vec<EventRow<'_>> {
         .collect()
 }
 
-/// One INSERT for `rows`; rows whose fingerprint is already stored for their
-/// honeypot are skipped by `ON CONFLICT … DO NOTHING`. Returns the ids stored.
-async fn insert_rows(tx: &mut Tx, db: &Db, rows: &[EventRow<'_>]) -> Result<Vec<i64>> {
+/// Inserts `rows`, a few thousand a statement; rows whose fingerprint is
+/// already stored for their honeypot are skipped by `ON CONFLICT … DO
+/// NOTHING`. Returns how many were stored.
+async fn insert_rows(tx: &mut Tx, db: &Db, rows: &[EventRow<'_>]) -> Result<usize> {
     let sql = format!(
         "INSERT INTO honeypot_events (id, honeypot_id, event_type, source_ip, source_port, \
              destination_port, protocol, username, password, command, session_id, payload, \
@@ -272,35 +306,32 @@ async fn insert_rows(tx: &mut Tx, db: &Db, rows: &[EventRow<'_>]) -> Result<Vec<
              CAST(item ->> 12 AS BIGINT), CAST(item ->> 13 AS BIGINT), item ->> 14, \
              item ->> 15, item ->> 16 \
          FROM {} WHERE true \
-         ON CONFLICT (honeypot_id, fingerprint) DO NOTHING RETURNING id",
+         ON CONFLICT (honeypot_id, fingerprint) DO NOTHING",
         storage::json_array_rows(db.backend())
     );
-    let rows = serde_json::to_string(rows).expect("event rows serialise");
-    let stored = sqlx::query(&sql).bind(rows).fetch_all(&mut **tx).await?;
-    stored.iter().map(|row| Ok(row.try_get("id")?)).collect()
+    let mut stored = 0;
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let chunk = serde_json::to_string(chunk).expect("event rows serialise");
+        let result = sqlx::query(&sql).bind(chunk).execute(&mut **tx).await?;
+        stored += result.rows_affected() as usize;
+    }
+    Ok(stored)
 }
 
-/// What each job stored, by the ids its events were given.
-fn written_by_job(group: &[Job], first_id: i64, stored_ids: &HashSet<i64>) -> Vec<Written> {
-    let mut next_id = first_id;
-    let mut results = Vec::with_capacity(group.len());
-    for job in group {
-        let mut written = Written::default();
-        for pending in &job.events {
-            let id = next_id;
-            next_id += 1;
-            if !stored_ids.contains(&id) {
-                continue;
-            }
-            written.stored += 1;
-            if job.want_rows {
-                let row = pending.stored(id, job.honeypot_id, job.received_at);
-                written.rows.push(row);
-            }
-        }
-        results.push(written);
+/// A job without fingerprints, all stored, its events numbered from `first_id`.
+fn stored_as_sent(job: &Job, first_id: i64) -> Written {
+    let rows = if job.want_rows {
+        let ids = first_id..;
+        ids.zip(&job.events)
+            .map(|(id, pending)| pending.stored(id, job.honeypot_id, job.received_at))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Written {
+        stored: job.events.len(),
+        rows,
     }
-    results
 }
 
 /// Adds what was stored to each honeypot's counters, one statement a honeypot.

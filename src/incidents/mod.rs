@@ -8,4 +8,4 @@ mod store;
 
 pub use model::{Incident, IncidentStatus};
 pub use routes::router;
-pub use store::{link_action_request, record_activities, SourceActivity, SOURCES_PER_STATEMENT};
+pub use store::{link_action_request, record_activities, SourceActivity};

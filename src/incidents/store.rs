@@ -2,12 +2,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::Deserialize;
 use sqlx::{Any, Executor, Row};
 
 use super::model::{Incident, IncidentRow, IncidentStatus, INCIDENT_COLUMNS};
 use crate::detection::ThreatLevel;
 use crate::error::{Error, Result};
-use crate::storage::Tx;
+use crate::storage::{self, Backend, Tx};
 use crate::time::Timestamp;
 
 /// How long a source may stay quiet before its next event opens a new
@@ -26,36 +27,37 @@ pub struct SourceActivity {
     pub honeypot_ids: BTreeSet<i64>,
 }
 
-/// Sources per statement when many are looked up or written at once: a few
-/// hundred bound parameters at most, where the driver is fastest (see the
-/// event writer's `ROWS_PER_STATEMENT`).
-pub const SOURCES_PER_STATEMENT: usize = 64;
-
 /// Adds each source's activity to its active incident, or opens one, with a
-/// handful of statements per batch rather than several per source. Activity
-/// that is only informational (connections) extends an incident but never
-/// opens one. Returns the incident of each source that has one.
+/// handful of statements per batch whatever the number of sources: the
+/// sources travel as one JSON parameter (see `storage::json_array_rows`).
+/// Activity that is only informational (connections) extends an incident
+/// but never opens one. Returns the incident of each source that has one.
 pub async fn record_activities(
     tx: &mut Tx,
+    backend: Backend,
     now: Timestamp,
     activities: &[SourceActivity],
 ) -> Result<BTreeMap<String, i64>> {
-    let current = active_incidents(tx, activities).await?;
+    if activities.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let current = active_incidents(tx, backend, activities).await?;
+
     let mut incidents = BTreeMap::new();
+    let mut extensions = Vec::new();
     let mut new_incidents = Vec::new();
     for activity in activities {
         match current.get(&activity.source_ip) {
             Some(row) => {
                 incidents.insert(activity.source_ip.clone(), row.id);
-                extend_incident(tx, now, row, activity).await?;
+                extensions.push((row, activity));
             }
             None if activity.worst == ThreatLevel::Info => {}
             None => new_incidents.push(activity),
         }
     }
-    for chunk in new_incidents.chunks(SOURCES_PER_STATEMENT) {
-        incidents.extend(open_incidents(tx, now, chunk).await?);
-    }
+    extend_incidents(tx, backend, now, &extensions).await?;
+    incidents.extend(open_incidents(tx, backend, now, &new_incidents).await?);
 
     let links: Vec<(i64, i64)> = activities
         .iter()
@@ -67,9 +69,7 @@ pub async fn record_activities(
                 .map(move |honeypot| (incident, *honeypot))
         })
         .collect();
-    for chunk in links.chunks(SOURCES_PER_STATEMENT) {
-        link_honeypots(tx, chunk).await?;
-    }
+    link_honeypots(tx, backend, &links).await?;
     Ok(incidents)
 }
 
@@ -77,76 +77,111 @@ pub async fn record_activities(
 /// within (at most `INCIDENT_QUIET_SECONDS` after the incident's last event).
 async fn active_incidents(
     tx: &mut Tx,
+    backend: Backend,
     activities: &[SourceActivity],
 ) -> Result<BTreeMap<String, IncidentRow>> {
-    let mut current: BTreeMap<String, IncidentRow> = BTreeMap::new();
-    for chunk in activities.chunks(SOURCES_PER_STATEMENT) {
-        let earliest = chunk.iter().map(|activity| activity.first_seen_at).min();
-        let since = earliest
-            .expect("a chunk is not empty")
-            .minus_seconds(INCIDENT_QUIET_SECONDS);
-        let placeholders: Vec<String> = (2..chunk.len() + 2).map(|n| format!("${n}")).collect();
-        let sql = format!(
-            "SELECT {INCIDENT_COLUMNS} FROM incidents \
-             WHERE status <> 'resolved' AND last_seen_at >= $1 AND source_ip IN ({}) \
-             ORDER BY id",
-            placeholders.join(", ")
-        );
-        let mut query = sqlx::query(&sql).bind(since.millis());
-        for activity in chunk {
-            query = query.bind(activity.source_ip.clone());
-        }
-        for row in query.fetch_all(&mut **tx).await? {
-            let row = IncidentRow::from_row(&row)?;
-            current.insert(row.source_ip.clone(), row);
-        }
-    }
+    let earliest = activities
+        .iter()
+        .map(|activity| activity.first_seen_at)
+        .min()
+        .expect("activities are not empty");
+    let since = earliest.minus_seconds(INCIDENT_QUIET_SECONDS);
+    let sources: Vec<[&str; 1]> = activities
+        .iter()
+        .map(|activity| [activity.source_ip.as_str()])
+        .collect();
+    let select = format!(
+        "SELECT incidents.id, source_ip, severity, status, event_count, first_seen_at, \
+             last_seen_at, type_counts \
+         FROM {} JOIN incidents ON incidents.source_ip = batch.item ->> 0 \
+         WHERE incidents.status <> 'resolved' AND incidents.last_seen_at >= $2",
+        storage::json_array_rows(backend)
+    );
+    let sql = storage::rows_as_json(backend, INCIDENT_COLUMNS, &select);
+    let row = sqlx::query(&sql)
+        .bind(serde_json::to_string(&sources).expect("strings serialise"))
+        .bind(since.millis())
+        .fetch_one(&mut **tx)
+        .await?;
+    let mut rows: Vec<StoredIncident> = storage::parse_json_rows(&row)?;
+    rows.sort_unstable_by_key(|row| row.0);
+
     let by_source: BTreeMap<&str, &SourceActivity> = activities
         .iter()
         .map(|activity| (activity.source_ip.as_str(), activity))
         .collect();
-    current.retain(|source, row| {
-        let activity = by_source[source.as_str()];
-        row.last_seen_at >= activity.first_seen_at.minus_seconds(INCIDENT_QUIET_SECONDS)
-    });
+    let mut current = BTreeMap::new();
+    for stored in rows {
+        let row = stored.into_row()?;
+        let activity = by_source[row.source_ip.as_str()];
+        if row.last_seen_at >= activity.first_seen_at.minus_seconds(INCIDENT_QUIET_SECONDS) {
+            current.insert(row.source_ip.clone(), row);
+        }
+    }
     Ok(current)
 }
 
-/// One multi-row INSERT for the sources that need a new incident.
+/// An incident row as `rows_as_json` hands it over, in `INCIDENT_COLUMNS` order.
+#[derive(Deserialize)]
+struct StoredIncident(i64, String, String, String, i64, i64, i64, String);
+
+impl StoredIncident {
+    fn into_row(self) -> Result<IncidentRow> {
+        let StoredIncident(id, source_ip, severity, status, count, first, last, types) = self;
+        let instant = |millis: i64| {
+            Timestamp::from_millis(millis)
+                .ok_or_else(|| Error::Internal(format!("incident {id}: an instant out of range")))
+        };
+        Ok(IncidentRow {
+            id,
+            source_ip,
+            severity: ThreatLevel::parse(&severity)
+                .ok_or_else(|| Error::Internal(format!("stored severity {severity}")))?,
+            status: IncidentStatus::parse(&status)
+                .ok_or_else(|| Error::Internal(format!("stored incident status {status}")))?,
+            event_count: count,
+            first_seen_at: instant(first)?,
+            last_seen_at: instant(last)?,
+            type_counts: serde_json::from_str(&types)
+                .map_err(|error| Error::Internal(format!("incident {id} type counts: {error}")))?,
+        })
+    }
+}
+
+/// One INSERT for the sources that need a new incident.
 async fn open_incidents(
     tx: &mut Tx,
+    backend: Backend,
     now: Timestamp,
     activities: &[&SourceActivity],
 ) -> Result<Vec<(String, i64)>> {
-    const COLUMNS: usize = 8;
-    let rows: Vec<String> = (0..activities.len())
-        .map(|row| {
-            let mut values: Vec<String> = (1..=COLUMNS)
-                .map(|column| format!("${}", row * COLUMNS + column))
-                .collect();
-            values.insert(2, "'open'".to_string());
-            format!("({})", values.join(", "))
+    if activities.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<_> = activities
+        .iter()
+        .map(|activity| {
+            (
+                &activity.source_ip,
+                activity.worst.as_str(),
+                activity.event_count,
+                activity.first_seen_at.millis(),
+                activity.last_seen_at.millis(),
+                serde_json::to_string(&activity.type_counts).expect("counts serialise"),
+            )
         })
         .collect();
     let sql = format!(
         "INSERT INTO incidents (source_ip, severity, status, event_count, first_seen_at, \
              last_seen_at, type_counts, created_at, updated_at) \
-         VALUES {} RETURNING id, source_ip",
-        rows.join(", ")
+         SELECT item ->> 0, item ->> 1, 'open', CAST(item ->> 2 AS BIGINT), \
+             CAST(item ->> 3 AS BIGINT), CAST(item ->> 4 AS BIGINT), item ->> 5, $2, $2 \
+         FROM {} RETURNING id, source_ip",
+        storage::json_array_rows(backend)
     );
-    let mut query = sqlx::query(&sql);
-    for activity in activities {
-        query = query
-            .bind(activity.source_ip.clone())
-            .bind(activity.worst.as_str())
-            .bind(activity.event_count)
-            .bind(activity.first_seen_at.millis())
-            .bind(activity.last_seen_at.millis())
-            .bind(serde_json::to_string(&activity.type_counts).expect("counts serialise"))
-            .bind(now.millis())
-            .bind(now.millis());
-    }
-    let opened = query
+    let opened = sqlx::query(&sql)
+        .bind(serde_json::to_string(&rows).expect("rows serialise"))
+        .bind(now.millis())
         .fetch_all(&mut **tx)
         .await?
         .iter()
@@ -156,48 +191,67 @@ async fn open_incidents(
     Ok(opened)
 }
 
-async fn extend_incident(
+/// One UPDATE for every incident that new activity extends: severity the
+/// worse of the two, counts added, the seen span widened.
+async fn extend_incidents(
     tx: &mut Tx,
+    backend: Backend,
     now: Timestamp,
-    current: &IncidentRow,
-    activity: &SourceActivity,
+    extensions: &[(&IncidentRow, &SourceActivity)],
 ) -> Result<()> {
-    let mut type_counts = current.type_counts.clone();
-    for (kind, count) in &activity.type_counts {
-        *type_counts.entry(kind.clone()).or_default() += count;
+    if extensions.is_empty() {
+        return Ok(());
     }
-    sqlx::query(
-        "UPDATE incidents SET severity = $1, event_count = event_count + $2, \
-             first_seen_at = $3, last_seen_at = $4, type_counts = $5, updated_at = $6 \
-         WHERE id = $7",
-    )
-    .bind(current.severity.max(activity.worst).as_str())
-    .bind(activity.event_count)
-    .bind(current.first_seen_at.min(activity.first_seen_at).millis())
-    .bind(current.last_seen_at.max(activity.last_seen_at).millis())
-    .bind(serde_json::to_string(&type_counts).expect("counts serialise"))
-    .bind(now.millis())
-    .bind(current.id)
-    .execute(&mut **tx)
-    .await?;
+    let rows: Vec<_> = extensions
+        .iter()
+        .map(|(current, activity)| {
+            let mut type_counts = current.type_counts.clone();
+            for (kind, count) in &activity.type_counts {
+                *type_counts.entry(kind.clone()).or_default() += count;
+            }
+            (
+                current.id,
+                current.severity.max(activity.worst).as_str(),
+                activity.event_count,
+                current.first_seen_at.min(activity.first_seen_at).millis(),
+                current.last_seen_at.max(activity.last_seen_at).millis(),
+                serde_json::to_string(&type_counts).expect("counts serialise"),
+            )
+        })
+        .collect();
+    let sql = format!(
+        "UPDATE incidents SET severity = batch.item ->> 1, \
+             event_count = incidents.event_count + CAST(batch.item ->> 2 AS BIGINT), \
+             first_seen_at = CAST(batch.item ->> 3 AS BIGINT), \
+             last_seen_at = CAST(batch.item ->> 4 AS BIGINT), \
+             type_counts = batch.item ->> 5, updated_at = $2 \
+         FROM {} WHERE incidents.id = CAST(batch.item ->> 0 AS BIGINT)",
+        storage::json_array_rows(backend)
+    );
+    sqlx::query(&sql)
+        .bind(serde_json::to_string(&rows).expect("rows serialise"))
+        .bind(now.millis())
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
 /// Links `(incident, honeypot)` pairs in one statement.
-async fn link_honeypots(tx: &mut Tx, pairs: &[(i64, i64)]) -> Result<()> {
-    let values: Vec<String> = (0..pairs.len())
-        .map(|row| format!("(${}, 'honeypot', ${})", row * 2 + 1, row * 2 + 2))
-        .collect();
-    let sql = format!(
-        "INSERT INTO incident_links (incident_id, kind, ref_id) VALUES {} \
-         ON CONFLICT (incident_id, kind, ref_id) DO NOTHING",
-        values.join(", ")
-    );
-    let mut query = sqlx::query(&sql);
-    for (incident, honeypot) in pairs {
-        query = query.bind(*incident).bind(*honeypot);
+async fn link_honeypots(tx: &mut Tx, backend: Backend, pairs: &[(i64, i64)]) -> Result<()> {
+    if pairs.is_empty() {
+        return Ok(());
     }
-    query.execute(&mut **tx).await?;
+    let sql = format!(
+        "INSERT INTO incident_links (incident_id, kind, ref_id) \
+         SELECT CAST(item ->> 0 AS BIGINT), 'honeypot', CAST(item ->> 1 AS BIGINT) \
+         FROM {} WHERE true \
+         ON CONFLICT (incident_id, kind, ref_id) DO NOTHING",
+        storage::json_array_rows(backend)
+    );
+    sqlx::query(&sql)
+        .bind(serde_json::to_string(pairs).expect("pairs serialise"))
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

@@ -186,6 +186,32 @@ pub fn json_array_rows(backend: Backend) -> &'static str {
     }
 }
 
+/// A query answering with one row whose column `rows` holds every row of
+/// `select` as one JSON text: an array of arrays of `columns`, in no
+/// particular order. Reading many rows through sqlx's SQLite driver costs a
+/// hand-over between threads per row; one text costs one, and parsing it is
+/// cheap.
+pub fn rows_as_json(backend: Backend, columns: &str, select: &str) -> String {
+    match backend {
+        Backend::Sqlite => {
+            format!("SELECT json_group_array(json_array({columns})) AS rows FROM ({select})")
+        }
+        Backend::Postgres => format!(
+            "SELECT coalesce(json_agg(json_build_array({columns})), '[]')::text AS rows \
+             FROM ({select}) AS selected"
+        ),
+    }
+}
+
+/// Reads the answer of a [`rows_as_json`] query.
+pub fn parse_json_rows<T: serde::de::DeserializeOwned>(row: &sqlx::any::AnyRow) -> Result<Vec<T>> {
+    use sqlx::Row;
+
+    let text: String = row.try_get("rows")?;
+    serde_json::from_str(&text)
+        .map_err(|error| Error::Internal(format!("unreadable rows from the database: {error}")))
+}
+
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(
         error,
