@@ -3,7 +3,8 @@
 //! For each backend it starts the real server binary, then measures:
 //! - bulk ingest of Cowrie records through `POST /security/honeypot/events/bulk`,
 //!   against a plain batched INSERT of the same rows through the same driver
-//!   (sqlx's Any driver, same engine, same durability settings);
+//!   (sqlx's Any driver, same engine, same durability settings), once into a
+//!   bare table and once into `honeypot_events` with all its indexes;
 //! - single-event POSTs from 64 concurrent clients;
 //! - detection: events judged per second by the engine, from the start of
 //!   the bulk run until no event is left unprocessed;
@@ -70,6 +71,7 @@ struct Figures {
     bulk_events_per_second: f64,
     judged_events_per_second: f64,
     baseline_events_per_second: f64,
+    schema_baseline_events_per_second: f64,
     single_events_per_second: f64,
     peak_memory_mib: f64,
     events: usize,
@@ -178,17 +180,36 @@ async fn measure_judging(
     f64::NAN
 }
 
+/// Where the baseline's rows go.
+#[derive(Clone, Copy)]
+enum BaselineTable {
+    /// A table of the same columns without any index.
+    Bare,
+    /// Valhalla's own `honeypot_events`, with every index the server keeps
+    /// (created by the server's migrations in a database of its own).
+    Schema,
+}
+
 /// The same rows through a plain batched INSERT with the same driver:
-/// 32 rows a statement (as the server writes them), `BATCH_LINES` rows a
-/// transaction, no parsing, no
-/// classification, no HTTP.
-async fn measure_baseline(database_url: &str, backend: &str, lines: &[String]) -> f64 {
+/// 32 rows a statement (a few hundred parameters, where sqlx is fastest),
+/// `BATCH_LINES` rows a transaction, the same engine, durability and page
+/// cache as the server's writer; no HTTP, parsing, classification or
+/// detection.
+async fn measure_baseline(
+    database_url: &str,
+    backend: &str,
+    lines: &[String],
+    table: BaselineTable,
+) -> f64 {
     let pool = AnyPoolOptions::new().max_connections(1);
     let pool = if backend == "sqlite" {
         pool.after_connect(|connection, _| {
             Box::pin(async move {
                 connection
-                    .execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+                    .execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA cache_size = -65536;",
+                    )
                     .await?;
                 Ok(())
             })
@@ -196,24 +217,40 @@ async fn measure_baseline(database_url: &str, backend: &str, lines: &[String]) -
     } else {
         pool
     };
+    let honeypot_id = match table {
+        BaselineTable::Bare => 1,
+        BaselineTable::Schema => {
+            let server = Server::start(database_url).await;
+            register_honeypot(&reqwest::Client::new(), &server, "baseline").await;
+            drop(server);
+            1
+        }
+    };
     let pool = pool.connect(database_url).await.unwrap();
-    pool.execute(
-        "CREATE TABLE baseline_events (id BIGINT, event_type TEXT, source_ip TEXT, \
-         source_port BIGINT, destination_port BIGINT, protocol TEXT, username TEXT, \
-         password TEXT, session_id TEXT, payload TEXT, occurred_at BIGINT, \
-         received_at BIGINT, threat_level TEXT, threat_tags TEXT, fingerprint TEXT)",
-    )
-    .await
-    .unwrap();
+    let target = match table {
+        BaselineTable::Bare => {
+            pool.execute(
+                "CREATE TABLE baseline_events (honeypot_id BIGINT, event_type TEXT, \
+                 source_ip TEXT, source_port BIGINT, destination_port BIGINT, protocol TEXT, \
+                 username TEXT, password TEXT, session_id TEXT, payload TEXT, \
+                 occurred_at BIGINT, received_at BIGINT, threat_level TEXT, threat_tags TEXT, \
+                 fingerprint TEXT)",
+            )
+            .await
+            .unwrap();
+            "baseline_events"
+        }
+        BaselineTable::Schema => "honeypot_events",
+    };
     let rows: Vec<Value> = lines
         .iter()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
 
     let started = Instant::now();
-    for batch in rows.chunks(BATCH_LINES) {
+    for (batch_number, batch) in rows.chunks(BATCH_LINES).enumerate() {
         let mut tx = pool.begin().await.unwrap();
-        for chunk in batch.chunks(32) {
+        for (chunk_number, chunk) in batch.chunks(32).enumerate() {
             let placeholders: Vec<String> = (0..chunk.len())
                 .map(|row| {
                     let numbers: Vec<String> = (1..=15)
@@ -223,13 +260,16 @@ async fn measure_baseline(database_url: &str, backend: &str, lines: &[String]) -
                 })
                 .collect();
             let sql = format!(
-                "INSERT INTO baseline_events VALUES {}",
+                "INSERT INTO {target} (honeypot_id, event_type, source_ip, source_port, \
+                 destination_port, protocol, username, password, session_id, payload, \
+                 occurred_at, received_at, threat_level, threat_tags, fingerprint) VALUES {}",
                 placeholders.join(", ")
             );
             let mut query = sqlx::query(&sql);
             for (index, row) in chunk.iter().enumerate() {
+                let number = batch_number * BATCH_LINES + chunk_number * 32 + index;
                 query = query
-                    .bind(index as i64)
+                    .bind(honeypot_id)
                     .bind("auth_attempt")
                     .bind(row["src_ip"].as_str().unwrap().to_string())
                     .bind(row["src_port"].as_i64())
@@ -243,7 +283,7 @@ async fn measure_baseline(database_url: &str, backend: &str, lines: &[String]) -
                     .bind(1_764_853_200_000_i64)
                     .bind("low")
                     .bind("[\"brute_force\"]")
-                    .bind(format!("{index:064x}"));
+                    .bind(format!("{number:064x}"));
             }
             query.execute(&mut *tx).await.unwrap();
         }
@@ -298,40 +338,38 @@ async fn measure_single(server: &Server, posts: usize) -> f64 {
 
 async fn measure_backend(backend: &'static str, events: usize, posts: usize) -> Option<Figures> {
     let dir = tempfile::tempdir().unwrap();
-    let (server_url, baseline_url) = match backend {
-        "sqlite" => (
-            format!(
-                "sqlite://{}?mode=rwc",
-                dir.path().join("valhalla.db").display()
-            ),
-            format!(
-                "sqlite://{}?mode=rwc",
-                dir.path().join("baseline.db").display()
-            ),
-        ),
+    let names = ["server", "baseline", "schema"];
+    let urls: Vec<String> = match backend {
+        "sqlite" => names
+            .iter()
+            .map(|name| format!("sqlite://{}?mode=rwc", dir.path().join(name).display()))
+            .collect(),
         _ => {
             let admin = std::env::var("VALHALLA_TEST_POSTGRES_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
             let mut connection = AnyConnection::connect(&admin).await.ok()?;
             let suffix = format!("{:08x}", rand_u128() as u32);
-            for name in ["bench_server", "bench_baseline"] {
+            let (base, _) = admin.rsplit_once('/').unwrap();
+            let mut urls = Vec::new();
+            for name in names {
+                let database = format!("bench_{name}_{suffix}");
                 connection
-                    .execute(format!("CREATE DATABASE {name}_{suffix}").as_str())
+                    .execute(format!("CREATE DATABASE {database}").as_str())
                     .await
                     .ok()?;
+                urls.push(format!("{base}/{database}"));
             }
-            let (base, _) = admin.rsplit_once('/').unwrap();
-            (
-                format!("{base}/bench_server_{suffix}"),
-                format!("{base}/bench_baseline_{suffix}"),
-            )
+            urls
         }
     };
+    let (server_url, baseline_url, schema_url) = (&urls[0], &urls[1], &urls[2]);
 
     let lines = cowrie_lines(events, 1);
-    let baseline = measure_baseline(&baseline_url, backend, &lines).await;
+    let baseline = measure_baseline(baseline_url, backend, &lines, BaselineTable::Bare).await;
+    let schema_baseline =
+        measure_baseline(schema_url, backend, &lines, BaselineTable::Schema).await;
 
-    let server = Server::start(&server_url).await;
+    let server = Server::start(server_url).await;
     let http = reqwest::Client::new();
     lift_rate_limit(&http, &server).await;
     let (bulk, started) = measure_bulk(&http, &server, &lines).await;
@@ -341,13 +379,14 @@ async fn measure_backend(backend: &'static str, events: usize, posts: usize) -> 
     drop(server);
 
     if backend == "postgres" {
-        drop_bench_databases(&server_url, &baseline_url).await;
+        drop_bench_databases(&urls).await;
     }
     Some(Figures {
         backend,
         bulk_events_per_second: bulk,
         judged_events_per_second: judged,
         baseline_events_per_second: baseline,
+        schema_baseline_events_per_second: schema_baseline,
         single_events_per_second: single,
         peak_memory_mib: peak,
         events,
@@ -355,13 +394,13 @@ async fn measure_backend(backend: &'static str, events: usize, posts: usize) -> 
     })
 }
 
-async fn drop_bench_databases(server_url: &str, baseline_url: &str) {
+async fn drop_bench_databases(urls: &[String]) {
     let admin = std::env::var("VALHALLA_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
     let Ok(mut connection) = AnyConnection::connect(&admin).await else {
         return;
     };
-    for url in [server_url, baseline_url] {
+    for url in urls {
         let name = url.rsplit('/').next().unwrap();
         let _ = connection
             .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
@@ -395,20 +434,25 @@ async fn main() {
     }
 
     println!(
-        "| backend | bulk ingest (events/s) | plain batched INSERT, same rows (events/s) \
-         | bulk / baseline | judged by the engine (events/s) | judged / bulk \
+        "| backend | bulk ingest (events/s) | plain batched INSERT, bare table (events/s) \
+         | bulk / bare | plain batched INSERT into honeypot_events, its indexes (events/s) \
+         | bulk / indexed | judged by the engine (events/s) | judged / bulk \
          | single POSTs, {CONCURRENT_CLIENTS} clients (events/s) | server peak RSS (MiB) | sizes |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for figures in rows {
+        let bulk = figures.bulk_events_per_second;
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.1} | {} bulk, {} single |",
+            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.1} \
+             | {} bulk, {} single |",
             figures.backend,
-            figures.bulk_events_per_second,
+            bulk,
             figures.baseline_events_per_second,
-            figures.bulk_events_per_second / figures.baseline_events_per_second,
+            bulk / figures.baseline_events_per_second,
+            figures.schema_baseline_events_per_second,
+            bulk / figures.schema_baseline_events_per_second,
             figures.judged_events_per_second,
-            figures.judged_events_per_second / figures.bulk_events_per_second,
+            figures.judged_events_per_second / bulk,
             figures.single_events_per_second,
             figures.peak_memory_mib,
             figures.events,

@@ -28,9 +28,28 @@ use crate::{
     actions, audit, auth, blocklist, crowdsec, dashboard, honeypots, incidents, openapi, policy,
 };
 
-/// What every handler can reach.
+/// What every handler can reach. Axum clones the state for every request
+/// (and for several extractors within one), so it is one shared pointer
+/// rather than a struct of a dozen reference counts.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The shared services behind [`AppState`].
+pub struct Services {
     pub db: Db,
     pub clock: Arc<dyn Clock>,
     /// Where honeypot events are written, in shared transactions.
@@ -178,7 +197,7 @@ pub async fn start(settings: &ServeSettings, clock: Arc<dyn Clock>) -> Result<Ru
     );
     let engine = tokio::spawn(engine.run());
     let app = router(
-        AppState {
+        AppState::new(Services {
             db: db.clone(),
             clock,
             events,
@@ -187,7 +206,7 @@ pub async fn start(settings: &ServeSettings, clock: Arc<dyn Clock>) -> Result<Ru
             honeypot_keys: auth::CredentialCache::default(),
             policy,
             rate_limiter,
-        },
+        }),
         settings,
     );
 

@@ -174,7 +174,6 @@ fn sqlite_url_creating_file(url: &str) -> String {
     }
 }
 
-/// True when a statement failed on a unique constraint, on either engine.
 /// The rows of a JSON array bound as `$1`, as a table with one column,
 /// `item` (each element), for `INSERT … SELECT … FROM` this. Many rows then
 /// cost one bound parameter: sqlx's cost per statement grows faster than
@@ -182,7 +181,7 @@ fn sqlite_url_creating_file(url: &str) -> String {
 pub fn json_array_rows(backend: Backend) -> &'static str {
     match backend {
         Backend::Sqlite => "(SELECT value AS item FROM json_each($1)) AS batch",
-        Backend::Postgres => "json_array_elements(CAST($1 AS json)) AS batch(item)",
+        Backend::Postgres => "jsonb_array_elements(CAST($1 AS jsonb)) AS batch(item)",
     }
 }
 
@@ -212,6 +211,7 @@ pub fn parse_json_rows<T: serde::de::DeserializeOwned>(row: &sqlx::any::AnyRow) 
         .map_err(|error| Error::Internal(format!("unreadable rows from the database: {error}")))
 }
 
+/// True when a statement failed on a unique constraint, on either engine.
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(
         error,
