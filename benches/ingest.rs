@@ -7,7 +7,9 @@
 //!   bare table and once into `honeypot_events` with all its indexes;
 //! - single-event POSTs from 64 concurrent clients;
 //! - detection: events judged per second by the engine, from the start of
-//!   the bulk run until no event is left unprocessed;
+//!   the bulk run until no event is left unprocessed (so at most the ingest
+//!   rate), and by the engine alone, in-process, on the same events as a
+//!   backlog once the server has stopped;
 //! - the server's peak resident memory (VmHWM) over the run.
 //!
 //! Run with `bench/ingest.sh`, which writes the table into BENCHMARKS.md.
@@ -21,6 +23,12 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyConnection, Connection, Executor};
+use tokio::sync::Notify;
+use valhalla::blocklist::SharedIndex;
+use valhalla::clock::{Clock, SystemClock};
+use valhalla::detection::Engine;
+use valhalla::policy::SharedPolicy;
+use valhalla::storage::Db;
 
 const BATCH_LINES: usize = 10_000;
 const CONCURRENT_CLIENTS: usize = 64;
@@ -70,6 +78,7 @@ struct Figures {
     backend: &'static str,
     bulk_events_per_second: f64,
     judged_events_per_second: f64,
+    judged_alone_events_per_second: f64,
     baseline_events_per_second: f64,
     schema_baseline_events_per_second: f64,
     single_events_per_second: f64,
@@ -178,6 +187,41 @@ async fn measure_judging(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f64::NAN
+}
+
+/// The engine alone on a backlog: the server's database after its run,
+/// the engine's position set back to the first event and its incidents
+/// removed, judged again in-process, batch after batch, with nothing else
+/// running. Events judged per second.
+async fn measure_backlog_judging(database_url: &str) -> f64 {
+    let db = Db::connect(database_url).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    for reset in [
+        "DELETE FROM incident_links",
+        "DELETE FROM incidents",
+        "UPDATE engine_state SET judged_through = 0",
+    ] {
+        sqlx::query(reset).execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM honeypot_events")
+        .fetch_one(db.reader())
+        .await
+        .unwrap();
+
+    let clock = Arc::new(SystemClock);
+    let engine = Engine::new(
+        db.clone(),
+        clock.clone(),
+        Arc::new(Notify::new()),
+        SharedIndex::load(&db, clock.now()).await.unwrap(),
+        SharedPolicy::load(&db).await.unwrap(),
+    );
+    let started = Instant::now();
+    while engine.judge_next_batch().await.unwrap() > 0 {}
+    let elapsed = started.elapsed().as_secs_f64();
+    db.close().await;
+    events as f64 / elapsed
 }
 
 /// Where the baseline's rows go.
@@ -377,6 +421,7 @@ async fn measure_backend(backend: &'static str, events: usize, posts: usize) -> 
     let single = measure_single(&server, posts).await;
     let peak = server.peak_memory_mib();
     drop(server);
+    let judged_alone = measure_backlog_judging(server_url).await;
 
     if backend == "postgres" {
         drop_bench_databases(&urls).await;
@@ -385,6 +430,7 @@ async fn measure_backend(backend: &'static str, events: usize, posts: usize) -> 
         backend,
         bulk_events_per_second: bulk,
         judged_events_per_second: judged,
+        judged_alone_events_per_second: judged_alone,
         baseline_events_per_second: baseline,
         schema_baseline_events_per_second: schema_baseline,
         single_events_per_second: single,
@@ -436,14 +482,15 @@ async fn main() {
     println!(
         "| backend | bulk ingest (events/s) | plain batched INSERT, bare table (events/s) \
          | bulk / bare | plain batched INSERT into honeypot_events, its indexes (events/s) \
-         | bulk / indexed | judged by the engine (events/s) | judged / bulk \
+         | bulk / indexed | judged during ingest (events/s) | judged alone, a backlog (events/s) \
+         | judged alone / bulk \
          | single POSTs, {CONCURRENT_CLIENTS} clients (events/s) | server peak RSS (MiB) | sizes |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for figures in rows {
         let bulk = figures.bulk_events_per_second;
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.1} \
+            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} \
              | {} bulk, {} single |",
             figures.backend,
             bulk,
@@ -452,7 +499,8 @@ async fn main() {
             figures.schema_baseline_events_per_second,
             bulk / figures.schema_baseline_events_per_second,
             figures.judged_events_per_second,
-            figures.judged_events_per_second / bulk,
+            figures.judged_alone_events_per_second,
+            figures.judged_alone_events_per_second / bulk,
             figures.single_events_per_second,
             figures.peak_memory_mib,
             figures.events,
