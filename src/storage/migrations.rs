@@ -63,6 +63,11 @@ const MIGRATIONS: &[Migration] = &[
 const MIGRATION_LOCK_KEY: i64 = 0x5641_4c48_414c_4c41;
 
 pub(super) async fn run(db: &Db) -> Result<()> {
+    apply(db, MIGRATIONS).await
+}
+
+/// Applies those of `migrations` not applied yet, in one transaction.
+async fn apply(db: &Db, migrations: &[Migration]) -> Result<()> {
     let mut tx = db.begin().await?;
     if db.backend() == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -83,7 +88,7 @@ pub(super) async fn run(db: &Db) -> Result<()> {
         .map(|row| row.get::<i64, _>(0))
         .collect();
 
-    for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+    for migration in migrations.iter().filter(|m| !applied.contains(&m.version)) {
         let sql = match db.backend() {
             Backend::Sqlite => migration.sqlite,
             Backend::Postgres => migration.postgres,
@@ -106,4 +111,74 @@ pub(super) async fn run(db: &Db) -> Result<()> {
 
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn count(db: &Db, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(db.reader())
+            .await
+            .unwrap()
+    }
+
+    /// A database whose engine marked events one by one resumes, after the
+    /// move to judging by position, just before its oldest unmarked event,
+    /// and the event writer's ids continue after the last stored one.
+    #[tokio::test]
+    async fn judging_by_position_resumes_at_the_oldest_unjudged_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("old.db").display());
+        let db = Db::connect(&url).await.unwrap();
+        let before = MIGRATIONS.iter().position(|m| m.version == 7).unwrap();
+        apply(&db, &MIGRATIONS[..before]).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO honeypot_instances (id, name, honeypot_type, key_hash, created_at) \
+             VALUES (1, 'old', 'ssh', 'digest', 0); \
+             INSERT INTO honeypot_events (id, honeypot_id, event_type, source_ip, occurred_at, \
+                 received_at, threat_level, threat_tags, processed_at) VALUES \
+             (1, 1, 'scan', '203.0.113.1', 0, 0, 'low', '[]', 5), \
+             (2, 1, 'scan', '203.0.113.1', 0, 0, 'low', '[]', 5), \
+             (3, 1, 'scan', '203.0.113.1', 0, 0, 'low', '[]', NULL), \
+             (4, 1, 'scan', '203.0.113.1', 0, 0, 'low', '[]', NULL);",
+        )
+        .execute(db.writer())
+        .await
+        .unwrap();
+
+        run(&db).await.unwrap();
+
+        let position = "SELECT judged_through FROM engine_state";
+        assert_eq!(count(&db, position).await, 2);
+        assert_eq!(count(&db, "SELECT last_id FROM event_sequence").await, 4);
+    }
+
+    #[tokio::test]
+    async fn a_database_whose_events_were_all_judged_resumes_after_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("old.db").display());
+        let db = Db::connect(&url).await.unwrap();
+        let before = MIGRATIONS.iter().position(|m| m.version == 7).unwrap();
+        apply(&db, &MIGRATIONS[..before]).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO honeypot_instances (id, name, honeypot_type, key_hash, created_at) \
+             VALUES (1, 'old', 'ssh', 'digest', 0); \
+             INSERT INTO honeypot_events (id, honeypot_id, event_type, source_ip, occurred_at, \
+                 received_at, threat_level, threat_tags, processed_at) VALUES \
+             (7, 1, 'scan', '203.0.113.1', 0, 0, 'low', '[]', 5);",
+        )
+        .execute(db.writer())
+        .await
+        .unwrap();
+
+        run(&db).await.unwrap();
+
+        assert_eq!(
+            count(&db, "SELECT judged_through FROM engine_state").await,
+            7
+        );
+        assert_eq!(count(&db, "SELECT last_id FROM event_sequence").await, 7);
+    }
 }

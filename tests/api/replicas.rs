@@ -163,4 +163,46 @@ backend_tests! {
 
         other.stop().await;
     }
+
+    async fn events_written_through_both_replicas_are_each_judged_once(app: TestApp) {
+        // Both servers store events at once while both engines judge: event
+        // ids follow commit order across the two writers, so an engine that
+        // resumes "after the last id judged" never passes over an event
+        // another writer commits late, and never judges one twice.
+        const SOURCES: usize = 12;
+        const PER_SERVER: usize = 240;
+        let other = app.replica().await;
+        let (_, key) = app.honeypot("ssh-both", "ssh").await;
+        let source = |n: usize| format!("203.0.113.{}", 200 + n % SOURCES);
+
+        let http = reqwest::Client::new();
+        let mut posts = Vec::new();
+        for n in 0..2 * PER_SERVER {
+            let base = if n % 2 == 0 { &app.base_url } else { &other.base_url };
+            let request = http
+                .post(format!("{base}/security/honeypot/events"))
+                .header("X-HONEYPOT-KEY", &key)
+                .json(&json!({"event_type": "scan", "source_ip": source(n)}));
+            posts.push(tokio::spawn(request.send()));
+        }
+        for post in posts {
+            let reply = post.await.expect("the task ran").expect("an answer");
+            assert_eq!(reply.status().as_u16(), 201);
+        }
+        app.wait_for_engine().await;
+        other.wait_for_engine().await;
+
+        let incidents = app.admin_get("/security/incidents?limit=1000").await.expect(200);
+        let counted: i64 = incidents
+            .items()
+            .iter()
+            .filter(|incident| incident["source_ip"].as_str().is_some_and(|ip| {
+                (0..SOURCES).any(|n| source(n) == ip)
+            }))
+            .map(|incident| incident["event_count"].as_i64().unwrap())
+            .sum();
+        assert_eq!(counted, (2 * PER_SERVER) as i64, "{}", incidents.text);
+
+        other.stop().await;
+    }
 }
