@@ -51,9 +51,9 @@ pub async fn consider(
     {
         return Ok(None);
     }
-    let Some(trigger) = find_trigger(tx, rule, events).await? else {
-        return Ok(None);
-    };
+    // The two indexed lookups go first: a source flooding a honeypot is
+    // soon blocked or awaiting a decision, and its window then holds more
+    // events with every batch, which `find_trigger` would read each time.
     if actions::open_request_exists(tx, &actions::subject_of(&entity)).await?
         || blocklist::find_live_block(&mut **tx, &entity, now)
             .await?
@@ -61,6 +61,9 @@ pub async fn consider(
     {
         return Ok(None);
     }
+    let Some(trigger) = find_trigger(tx, rule, events).await? else {
+        return Ok(None);
+    };
 
     let offences = previous_offences(tx, &entity, now).await?;
     let duration = block_duration(rule, offences);
@@ -150,13 +153,21 @@ pub async fn sources_near_threshold(
         return Ok(suspects);
     }
 
+    // Per source, whether a threshold-th counted event exists in the span:
+    // at most `threshold_events` index entries read per source, however many
+    // events a flooding source has in its window.
     let sources: Vec<[&str; 1]> = sources.into_iter().map(|source| [source]).collect();
     let sql = format!(
-        "SELECT honeypot_events.source_ip, COUNT(*) AS counted \
-         FROM {} JOIN honeypot_events ON honeypot_events.source_ip = batch.item ->> 0 \
-         WHERE honeypot_events.threat_level <> 'info' AND honeypot_events.id <= $2 \
-           AND honeypot_events.occurred_at > $3 AND honeypot_events.occurred_at <= $4 \
-         GROUP BY honeypot_events.source_ip HAVING COUNT(*) >= $5",
+        "SELECT source_ip FROM ( \
+             SELECT batch.item ->> 0 AS source_ip, \
+                 (SELECT honeypot_events.id FROM honeypot_events \
+                  WHERE honeypot_events.source_ip = batch.item ->> 0 \
+                    AND honeypot_events.threat_level <> 'info' AND honeypot_events.id <= $2 \
+                    AND honeypot_events.occurred_at > $3 \
+                    AND honeypot_events.occurred_at <= $4 \
+                  LIMIT 1 OFFSET $5) AS threshold_event \
+             FROM {}) AS per_source \
+         WHERE threshold_event IS NOT NULL",
         storage::json_array_rows(backend)
     );
     // Not a cached prepared statement: PostgreSQL would soon switch it to
@@ -168,7 +179,7 @@ pub async fn sources_near_threshold(
         .bind(last_id)
         .bind(earliest.minus_seconds(rule.window_seconds).millis())
         .bind(latest.millis())
-        .bind(rule.threshold_events)
+        .bind((rule.threshold_events - 1).max(0))
         .fetch_all(&mut **tx)
         .await?;
     for row in rows {

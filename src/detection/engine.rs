@@ -83,6 +83,7 @@ impl Engine {
     /// Runs until the task is aborted. Errors are logged and retried on the
     /// next round, never fatal: the events wait, unprocessed, in the table.
     pub async fn run(self) {
+        let mut last_tick = tokio::time::Instant::now();
         loop {
             let judged = self.judge_next_batch().await.unwrap_or_else(|error| {
                 tracing::error!(%error, "judging events failed; retrying");
@@ -91,11 +92,21 @@ impl Engine {
             if let Err(error) = self.execute_auto_approved().await {
                 tracing::error!(%error, "executing auto-approved requests failed");
             }
-            if judged > 0 {
-                continue;
+
+            // Expiry and stepping down happen when idle, and at least every
+            // tick while events keep arriving.
+            if judged == 0 || last_tick.elapsed() >= TICK {
+                if let Err(error) = self.tick().await {
+                    tracing::error!(%error, "engine tick failed");
+                }
+                last_tick = tokio::time::Instant::now();
             }
-            if let Err(error) = self.tick().await {
-                tracing::error!(%error, "engine tick failed");
+
+            // A full batch means a backlog: judge on at once. Otherwise let
+            // events gather, so that a steady trickle costs a transaction
+            // every `GATHER` rather than one for each commit of the writer.
+            if judged >= BATCH as usize {
+                continue;
             }
             tokio::select! {
                 () = self.wake.notified() => tokio::time::sleep(GATHER).await,
