@@ -23,8 +23,9 @@ UPDATE engine_state SET judged_through = COALESCE(
     (SELECT MAX(id) FROM honeypot_events),
     0);
 
+-- processed_at stays, unused: dropping a column rewrites the whole table
+-- on SQLite, which on a large database would hold up the start for long.
 DROP INDEX honeypot_events_unprocessed;
-ALTER TABLE honeypot_events DROP COLUMN processed_at;
 
 -- Indexes no query needs: every instant filter and count is on
 -- occurred_at, and a source's events are found through

@@ -30,6 +30,9 @@ const MAX_GROUP_ROWS: usize = 20_000;
 /// only bounds the size of one statement's text.
 const ROWS_PER_STATEMENT: usize = 10_000;
 
+/// Bytes of JSON per INSERT statement, about; see `json_chunks`.
+const BYTES_PER_STATEMENT: usize = 32 << 20;
+
 /// An event ready to store: classified, with its idempotency fingerprint.
 #[derive(Debug)]
 pub struct PendingEvent {
@@ -229,9 +232,19 @@ async fn write_group(db: &Db, group: &[Job]) -> Result<Vec<Written>> {
 
 /// Reserves `count` event ids; returns the first. Ids of rows that turn out
 /// to be resent copies are simply never used.
+///
+/// The sequence never hands out an id at or below one already stored:
+/// were a row inserted some other way (by hand, by a restore, or by an
+/// older release still running during an upgrade, which takes ids from the
+/// table's own counter), every later group would collide with it and fail.
+/// The largest stored id is one step down the primary key.
 async fn take_event_ids(tx: &mut Tx, count: usize) -> Result<i64> {
     let row = sqlx::query(
-        "UPDATE event_sequence SET last_id = last_id + $1 WHERE id = 1 RETURNING last_id",
+        "UPDATE event_sequence SET last_id = $1 + ( \
+             SELECT CASE WHEN COALESCE(MAX(id), 0) > event_sequence.last_id \
+                         THEN MAX(id) ELSE event_sequence.last_id END \
+             FROM honeypot_events) \
+         WHERE id = 1 RETURNING last_id",
     )
     .bind(count as i64)
     .fetch_one(&mut **tx)
@@ -310,12 +323,38 @@ async fn insert_rows(tx: &mut Tx, db: &Db, rows: &[EventRow<'_>]) -> Result<usiz
         storage::json_array_rows(db.backend())
     );
     let mut stored = 0;
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let chunk = serde_json::to_string(chunk).expect("event rows serialise");
+    for chunk in json_chunks(rows) {
         let result = sqlx::query(&sql).bind(chunk).execute(&mut **tx).await?;
         stored += result.rows_affected() as usize;
     }
     Ok(stored)
+}
+
+/// `rows` as JSON arrays of at most `ROWS_PER_STATEMENT` rows and about
+/// `BYTES_PER_STATEMENT` bytes each: events of up to a megabyte each (a
+/// request's limit), or more in bulk, must not add up to a parameter that
+/// PostgreSQL refuses (1 GB) or that holds much memory.
+fn json_chunks(rows: &[EventRow<'_>]) -> Vec<String> {
+    let mut chunks = Vec::new();
+    let mut chunk = String::from("[");
+    let mut in_chunk = 0;
+    for row in rows {
+        if in_chunk == ROWS_PER_STATEMENT || chunk.len() >= BYTES_PER_STATEMENT {
+            chunk.push(']');
+            chunks.push(std::mem::replace(&mut chunk, String::from("[")));
+            in_chunk = 0;
+        }
+        if in_chunk > 0 {
+            chunk.push(',');
+        }
+        chunk.push_str(&serde_json::to_string(row).expect("an event row serialises"));
+        in_chunk += 1;
+    }
+    if in_chunk > 0 {
+        chunk.push(']');
+        chunks.push(chunk);
+    }
+    chunks
 }
 
 /// A job without fingerprints, all stored, its events numbered from `first_id`.

@@ -4,7 +4,7 @@
 use sqlx::{Executor, Row};
 
 use super::{Backend, Db};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 struct Migration {
     version: i64,
@@ -88,6 +88,8 @@ async fn apply(db: &Db, migrations: &[Migration]) -> Result<()> {
         .map(|row| row.get::<i64, _>(0))
         .collect();
 
+    refuse_newer_schema(&applied)?;
+
     for migration in migrations.iter().filter(|m| !applied.contains(&m.version)) {
         let sql = match db.backend() {
             Backend::Sqlite => migration.sqlite,
@@ -111,6 +113,22 @@ async fn apply(db: &Db, migrations: &[Migration]) -> Result<()> {
 
     tx.commit().await?;
     Ok(())
+}
+
+/// An older release must not write to a database that a newer one has
+/// migrated: it would write rows the way the old schema wanted (event ids
+/// from the table's own counter, for one), which the newer servers sharing
+/// the database do not expect.
+fn refuse_newer_schema(applied: &[i64]) -> Result<()> {
+    let known = |version: &i64| MIGRATIONS.iter().any(|m| m.version == *version);
+    match applied.iter().filter(|version| !known(version)).max() {
+        Some(newest) => Err(Error::Internal(format!(
+            "the database is at schema version {newest}, written by a newer release of \
+             Valhalla; this one knows versions up to {}: run the newer release",
+            MIGRATIONS.last().map_or(0, |m| m.version)
+        ))),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -180,5 +198,23 @@ mod tests {
             7
         );
         assert_eq!(count(&db, "SELECT last_id FROM event_sequence").await, 7);
+    }
+
+    #[tokio::test]
+    async fn a_database_migrated_by_a_newer_release_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("newer.db").display());
+        let db = Db::connect(&url).await.unwrap();
+        run(&db).await.unwrap();
+        sqlx::query(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (9999, 'later', 0)",
+        )
+        .execute(db.writer())
+        .await
+        .unwrap();
+
+        let refused = run(&db).await.unwrap_err().to_string();
+
+        assert!(refused.contains("schema version 9999"), "{refused}");
     }
 }

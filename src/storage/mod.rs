@@ -55,6 +55,14 @@ pub struct Db {
     backend: Backend,
 }
 
+/// Every PostgreSQL session: a transaction left open and idle is ended by
+/// the server. Writers take one-row locks (the event and blocklist
+/// sequences) that every replica's writers wait for; a replica frozen in the
+/// middle of a transaction (a paused VM, a stopped process, a partition)
+/// would otherwise stall them all until its connection is found dead. None
+/// of Valhalla's transactions waits on anything but the database.
+const POSTGRES_SESSION: &str = "SET idle_in_transaction_session_timeout = '30s'";
+
 impl Db {
     /// Connects, creating a SQLite file if it does not exist yet.
     pub async fn connect(url: &str) -> Result<Self> {
@@ -75,6 +83,12 @@ impl Db {
                 let pool = AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
+                    .after_connect(|connection, _| {
+                        Box::pin(async move {
+                            connection.execute(POSTGRES_SESSION).await?;
+                            Ok(())
+                        })
+                    })
                     .connect(url)
                     .await?;
                 Db {
