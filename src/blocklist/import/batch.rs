@@ -340,16 +340,32 @@ async fn insert_blocks(
          ON CONFLICT (entity_type, value) WHERE deactivated_at IS NULL DO NOTHING",
         batch_rows(backend)
     );
-    sqlx::query(&sql)
+    // On PostgreSQL the statement's own rows are aggregated by the same
+    // statement (a data-modifying `WITH`), so no second query has to find
+    // them in the table.
+    let sql = match backend {
+        Backend::Sqlite => sql,
+        Backend::Postgres => format!(
+            "WITH inserted AS ({sql} RETURNING id, entity_type, value) \
+             SELECT coalesce(json_agg(json_build_array(id, entity_type, value)), '[]')::text \
+                 AS created FROM inserted"
+        ),
+    };
+    let query = sqlx::query(&sql)
         .bind(serde_json::Value::Array(rows).to_string())
         .bind(importer.source.as_str())
         .bind(&importer.actor)
         .bind(now.millis())
-        .bind(seq)
-        .execute(&mut **tx)
-        .await?;
-
-    let inserted = inserted_blocks(tx, backend, seq).await?;
+        .bind(seq);
+    let created: String = match backend {
+        Backend::Sqlite => {
+            query.execute(&mut **tx).await?;
+            created_by_seq(tx, seq).await?
+        }
+        Backend::Postgres => query.fetch_one(&mut **tx).await?.try_get("created")?,
+    };
+    let inserted: Vec<(i64, String, String)> = serde_json::from_str(&created)
+        .map_err(|error| Error::Internal(format!("the batch's new blocks read back: {error}")))?;
     plan.written += inserted.len();
     let ids: HashMap<(&str, &str), i64> = inserted
         .iter()
@@ -385,30 +401,19 @@ async fn insert_blocks(
     Ok(())
 }
 
-/// The blocks this batch inserted, `(id, entity_type, value)`: those its
-/// change number created. Extensions, which also carry that number, come
-/// later in the batch; retirements carry later numbers.
-async fn inserted_blocks(
-    tx: &mut Tx,
-    backend: Backend,
-    seq: i64,
-) -> Result<Vec<(i64, String, String)>> {
-    let created = "SELECT id, entity_type, value FROM blocks \
-                   WHERE changed_seq = $1 AND created_seq = $1";
-    let sql = match backend {
-        Backend::Sqlite => format!(
-            "SELECT json_group_array(json_array(id, entity_type, value)) AS created \
-             FROM ({created})"
-        ),
-        Backend::Postgres => format!(
-            "SELECT coalesce(json_agg(json_build_array(id, entity_type, value)), '[]')::text \
-                 AS created FROM ({created}) AS created"
-        ),
-    };
-    let row = sqlx::query(&sql).bind(seq).fetch_one(&mut **tx).await?;
-    let created: String = row.try_get("created")?;
-    serde_json::from_str(&created)
-        .map_err(|error| Error::Internal(format!("the batch's new blocks read back: {error}")))
+/// On SQLite, whose `INSERT` cannot sit in a `WITH`: the blocks this batch
+/// inserted, as a JSON array of `[id, entity_type, value]`, found as those
+/// its change number created. Extensions, which also carry that number,
+/// come later in the batch; retirements carry later numbers.
+async fn created_by_seq(tx: &mut Tx, seq: i64) -> Result<String> {
+    let row = sqlx::query(
+        "SELECT json_group_array(json_array(id, entity_type, value)) AS created \
+         FROM blocks WHERE changed_seq = $1 AND created_seq = $1",
+    )
+    .bind(seq)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(row.try_get("created")?)
 }
 
 /// `[entity_type, value, family, range_start, range_end, reason, expires_at]`.
