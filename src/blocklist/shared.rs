@@ -256,6 +256,12 @@ pub struct SharedIndex {
     records: Arc<Mutex<RecordCache>>,
     /// The change log number up to which the index holds every change.
     seen_seq: Arc<AtomicI64>,
+    /// Held by a writer of this process from its commit until the index
+    /// holds what it committed, and by the follower while it reads how far
+    /// the log goes. The follower then never finds a commit of this process
+    /// not yet applied, so it does not read it back: for an import, that
+    /// was every batch's rows a second time, a million through the driver.
+    local_commit: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SharedIndex {
@@ -284,6 +290,7 @@ impl SharedIndex {
             index: Arc::new(RwLock::new(index)),
             records: Arc::default(),
             seen_seq: Arc::new(AtomicI64::new(seen_seq)),
+            local_commit: Arc::default(),
         })
     }
 
@@ -307,8 +314,11 @@ impl SharedIndex {
     /// Applies every block changed after the last number seen, up to the
     /// newest committed number. Returns how many blocks were applied.
     pub async fn catch_up(&self, db: &Db, now: Timestamp) -> Result<usize> {
-        let from = self.seen_seq.load(Ordering::Acquire);
-        let upto = changes::last_seq(db.reader()).await?;
+        let (upto, from) = {
+            let _local_commit = self.local_commit.lock().await;
+            let upto = changes::last_seq(db.reader()).await?;
+            (upto, self.seen_seq.load(Ordering::Acquire))
+        };
         if upto <= from {
             return Ok(0);
         }
@@ -411,6 +421,12 @@ impl SharedIndex {
         for id in ids {
             records.blocks.remove(&id);
         }
+    }
+
+    /// To be held from a commit until its changes are applied (see
+    /// `local_commit`), where a commit is large enough to matter.
+    pub async fn local_commit(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.local_commit.clone().lock_owned().await
     }
 
     /// Applies a committed transaction's changes.

@@ -291,8 +291,7 @@ async fn write_batches(
     while let Some((lines, mut rejected)) = batches.recv().await {
         if !lines.is_empty() {
             let now = state.clock.now();
-            let outcome = import_batch(&state.db, now, &importer, lines).await?;
-            state.blocklist.apply(outcome.changes);
+            let outcome = import_batch(&state.db, &state.blocklist, now, &importer, lines).await?;
             report.created += outcome.created;
             report.extended += outcome.extended;
             report.unchanged += outcome.unchanged;
