@@ -399,3 +399,63 @@ async fn count_on_instances(tx: &mut Tx, group: &[Job], results: &[Written]) -> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn row(id: i64, payload: &str) -> EventRow<'_> {
+        EventRow(
+            id,
+            1,
+            "scan",
+            "192.0.2.1",
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            Some(payload.to_string()),
+            0,
+            0,
+            "low",
+            "[]".to_string(),
+            None,
+        )
+    }
+
+    #[test]
+    fn statements_are_cut_by_size_as_well_as_by_rows() {
+        let large = "x".repeat(12 << 20);
+        let rows: Vec<EventRow<'_>> = (1..=4).map(|id| row(id, &large)).collect();
+
+        let chunks = json_chunks(&rows);
+
+        let sizes: Vec<usize> = chunks
+            .iter()
+            .map(|chunk| serde_json::from_str::<Vec<Value>>(chunk).unwrap().len())
+            .collect();
+        assert_eq!(sizes, [3, 1]);
+        assert!(chunks
+            .iter()
+            .all(|chunk| chunk.len() < BYTES_PER_STATEMENT + (13 << 20)));
+    }
+
+    #[test]
+    fn small_rows_are_cut_by_count() {
+        let rows: Vec<EventRow<'_>> = (0..ROWS_PER_STATEMENT as i64 + 1)
+            .map(|id| row(id, "{}"))
+            .collect();
+
+        let sizes: Vec<usize> = json_chunks(&rows)
+            .iter()
+            .map(|chunk| serde_json::from_str::<Vec<Value>>(chunk).unwrap().len())
+            .collect();
+
+        assert_eq!(sizes, [ROWS_PER_STATEMENT, 1]);
+        assert!(json_chunks(&[]).is_empty());
+    }
+}

@@ -2,6 +2,7 @@
 //! samples, the field cases about their formats, retries and limits.
 
 use serde_json::{json, Value};
+use sqlx::Connection;
 
 use crate::support::{encode, Reply, TestApp};
 
@@ -45,6 +46,33 @@ async fn events_of(app: &TestApp, query: &str) -> Vec<Value> {
 }
 
 backend_tests! {
+    async fn an_event_row_stored_some_other_way_does_not_stop_ingest(app: TestApp) {
+        // A row the writer did not number (a restore, a hand-made insert, an
+        // older release during an upgrade) sits above the event sequence:
+        // the next groups must number past it instead of failing on it.
+        let (honeypot_id, key) = app.honeypot("stray-01", "ssh").await;
+        let event = json!({"event_type": "scan", "source_ip": "192.0.2.61"});
+        let first = app.post_event(&key, event.clone()).await.expect(201);
+        let stray = first.id() + 1;
+        let mut connection = sqlx::AnyConnection::connect(&app.database_url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO honeypot_events (id, honeypot_id, event_type, source_ip, occurred_at, \
+                 received_at, threat_level, threat_tags) \
+             VALUES ($1, $2, 'scan', '192.0.2.62', 0, 0, 'low', '[]')",
+        )
+        .bind(stray)
+        .bind(honeypot_id)
+        .execute(&mut connection)
+        .await
+        .unwrap();
+
+        let next = app.post_event(&key, event.clone()).await.expect(201);
+        let bulk = app.post_bulk(&key, "valhalla", event.to_string()).await.expect(200);
+
+        assert!(next.id() > stray, "{}", next.text);
+        assert_eq!(bulk.body["accepted"], 1, "{}", bulk.text);
+    }
+
     async fn every_line_of_the_real_cowrie_log_is_accounted_for(app: TestApp) {
         let (_, key) = app.honeypot("cowrie-01", "ssh").await;
         let log = read(COWRIE_LOG);
