@@ -71,18 +71,8 @@ request = function()
 end
 LUA
 
-# Requests per second, failing the run on any non-2xx answer.
-load() {
-    local output
-    output=$(wrk -t2 -c64 -d"${DURATION}s" --latency "$@")
-    if grep -q "Non-2xx" <<<"$output"; then
-        echo "$output" >&2
-        echo "non-2xx answers under load" >&2
-        exit 1
-    fi
-    awk '/Requests\/sec/ {printf "%d", $2} / 50%/ {p50=$2} / 99%/ {p99=$2}
-         END {printf " %s %s\n", p50, p99}' <<<"$output"
-}
+# shellcheck source=bench/wrk_load.sh
+source bench/wrk_load.sh
 
 PROBES=$WORK/hits.txt load -s "$WORK/probes.lua" -H "Authorization: Bearer $token" "$BASE" \
     >/dev/null # warm-up: the first pass reads each matched block once

@@ -142,62 +142,77 @@ mod tests {
             .unwrap()
     }
 
+    /// A database as migration 6 left it, in `dir`, with one honeypot and
+    /// events `(id, processed_at)`; then migrated to the end.
+    async fn migrated_from_version_6(dir: &tempfile::TempDir, events: &[(i64, Option<i64>)]) -> Db {
+        let url = format!("sqlite://{}", dir.path().join("old.db").display());
+        let db = Db::connect(&url).await.unwrap();
+        let before = MIGRATIONS.iter().position(|m| m.version == 7).unwrap();
+        apply(&db, &MIGRATIONS[..before]).await.unwrap();
+        sqlx::query(
+            "INSERT INTO honeypot_instances (id, name, honeypot_type, key_hash, created_at) \
+             VALUES (1, 'old', 'ssh', 'digest', 0)",
+        )
+        .execute(db.writer())
+        .await
+        .unwrap();
+        for (id, processed_at) in events {
+            sqlx::query(
+                "INSERT INTO honeypot_events (id, honeypot_id, event_type, source_ip, \
+                     occurred_at, received_at, threat_level, threat_tags, processed_at) \
+                 VALUES ($1, 1, 'scan', '203.0.113.1', 0, 0, 'low', '[]', $2)",
+            )
+            .bind(id)
+            .bind(processed_at)
+            .execute(db.writer())
+            .await
+            .unwrap();
+        }
+        run(&db).await.unwrap();
+        db
+    }
+
     /// A database whose engine marked events one by one resumes, after the
     /// move to judging by position, just before its oldest unmarked event,
     /// and the event writer's ids continue after the last stored one.
     #[tokio::test]
     async fn judging_by_position_resumes_at_the_oldest_unjudged_event() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("old.db").display());
-        let db = Db::connect(&url).await.unwrap();
-        let before = MIGRATIONS.iter().position(|m| m.version == 7).unwrap();
-        apply(&db, &MIGRATIONS[..before]).await.unwrap();
-        sqlx::raw_sql(
-            "INSERT INTO honeypot_instances (id, name, honeypot_type, key_hash, created_at) \
-             VALUES (1, 'old', 'ssh', 'digest', 0); \
-             INSERT INTO honeypot_events (id, honeypot_id, event_type, source_ip, occurred_at, \
-                 received_at, threat_level, threat_tags, processed_at) VALUES \
-             (1, 1, 'scan', '203.0.113.1', 0, 0, 'low', '[]', 5), \
-             (2, 1, 'scan', '203.0.113.1', 0, 0, 'low', '[]', 5), \
-             (3, 1, 'scan', '203.0.113.1', 0, 0, 'low', '[]', NULL), \
-             (4, 1, 'scan', '203.0.113.1', 0, 0, 'low', '[]', NULL);",
-        )
-        .execute(db.writer())
-        .await
-        .unwrap();
+        let events = [(1, Some(5)), (2, Some(5)), (3, None), (4, None)];
 
-        run(&db).await.unwrap();
+        let db = migrated_from_version_6(&dir, &events).await;
 
-        let position = "SELECT judged_through FROM engine_state";
-        assert_eq!(count(&db, position).await, 2);
+        assert_eq!(
+            count(&db, "SELECT judged_through FROM engine_state").await,
+            2
+        );
         assert_eq!(count(&db, "SELECT last_id FROM event_sequence").await, 4);
     }
 
     #[tokio::test]
     async fn a_database_whose_events_were_all_judged_resumes_after_the_last() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("old.db").display());
-        let db = Db::connect(&url).await.unwrap();
-        let before = MIGRATIONS.iter().position(|m| m.version == 7).unwrap();
-        apply(&db, &MIGRATIONS[..before]).await.unwrap();
-        sqlx::raw_sql(
-            "INSERT INTO honeypot_instances (id, name, honeypot_type, key_hash, created_at) \
-             VALUES (1, 'old', 'ssh', 'digest', 0); \
-             INSERT INTO honeypot_events (id, honeypot_id, event_type, source_ip, occurred_at, \
-                 received_at, threat_level, threat_tags, processed_at) VALUES \
-             (7, 1, 'scan', '203.0.113.1', 0, 0, 'low', '[]', 5);",
-        )
-        .execute(db.writer())
-        .await
-        .unwrap();
 
-        run(&db).await.unwrap();
+        let db = migrated_from_version_6(&dir, &[(7, Some(5))]).await;
 
         assert_eq!(
             count(&db, "SELECT judged_through FROM engine_state").await,
             7
         );
         assert_eq!(count(&db, "SELECT last_id FROM event_sequence").await, 7);
+    }
+
+    #[tokio::test]
+    async fn an_empty_database_starts_at_the_beginning() {
+        let dir = tempfile::tempdir().unwrap();
+
+        let db = migrated_from_version_6(&dir, &[]).await;
+
+        assert_eq!(
+            count(&db, "SELECT judged_through FROM engine_state").await,
+            0
+        );
+        assert_eq!(count(&db, "SELECT last_id FROM event_sequence").await, 0);
     }
 
     #[tokio::test]
