@@ -5,8 +5,10 @@
 //! queued behind it, and commits the lot in one transaction; only then does
 //! each caller get its answer. A 2xx therefore always means committed, while
 //! the cost of a commit (an fsync on SQLite) is shared by every request that
-//! arrived meanwhile. One writer also means events are numbered in commit
-//! order, which lets a reader resume "after id N" without gaps.
+//! arrived meanwhile. Each transaction takes its ids from the event
+//! sequence, whose row lock it holds until it commits, so ids follow commit
+//! order across every writer of every replica: a reader that has seen id N
+//! has seen every event up to N, and the engine resumes "after id N".
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
