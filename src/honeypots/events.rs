@@ -2,10 +2,11 @@
 //! is stored, and listed with filters.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
@@ -207,29 +208,50 @@ impl HoneypotEvent {
     }
 }
 
+/// The header by which a honeypot names one event, so that a request it
+/// sends again (after a timeout, say) stores the event once.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 /// Stores one event from a honeypot, classified.
+///
+/// With an `Idempotency-Key`, the key names the event for its honeypot: a
+/// request sent again with the same key stores nothing and answers with the
+/// event stored the first time, whatever its body.
 #[utoipa::path(post, path = "/security/honeypot/events", tag = "honeypots",
     request_body = EventSubmission,
-    responses((status = 201, body = HoneypotEvent), (status = 401), (status = 422)),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Names this event (1 to 255 visible ASCII characters): a request \
+            sent again with the same key stores nothing and answers with the event \
+            stored the first time.")),
+    responses((status = 201, body = HoneypotEvent),
+        (status = 400, description = "an Idempotency-Key that is not 1 to 255 visible ASCII \
+            characters"),
+        (status = 401), (status = 422)),
     security(("honeypot_key" = [])))]
 async fn submit_event(
     State(state): State<AppState>,
     honeypot: AuthenticatedHoneypot,
+    headers: HeaderMap,
     ApiJson(submission): ApiJson<EventSubmission>,
 ) -> Result<(StatusCode, Json<HoneypotEvent>)> {
     let now = state.clock.now();
+    let fingerprint = idempotency_key(&headers)?.map(key_fingerprint);
     let event = submission.into_new_event(now)?;
 
-    let pending = PendingEvent::new(event, None);
+    let pending = PendingEvent::new(event, fingerprint.clone());
     let written = state
         .events
         .write(honeypot.id, now, vec![pending], true)
         .await?;
-    let stored = written
-        .rows
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::Internal("the stored event was not returned".to_string()))?;
+    let stored = match (written.rows.into_iter().next(), fingerprint) {
+        (Some(stored), _) => stored,
+        (None, Some(fingerprint)) => event_named(&state, honeypot.id, &fingerprint).await?,
+        (None, None) => {
+            return Err(Error::Internal(
+                "the stored event was not returned".to_string(),
+            ));
+        }
+    };
 
     tracing::debug!(
         honeypot.id = honeypot.id,
@@ -237,6 +259,52 @@ async fn submit_event(
         "event stored"
     );
     Ok((StatusCode::CREATED, Json(stored)))
+}
+
+/// The request's `Idempotency-Key`, if it has one.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| (1..=255).contains(&key.len()))
+        .filter(|key| key.bytes().all(|byte| byte.is_ascii_graphic()))
+        .ok_or_else(|| {
+            Error::BadRequest(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters".to_string(),
+            )
+        })?;
+    Ok(Some(key))
+}
+
+/// The fingerprint an `Idempotency-Key` gives its event. Bulk records'
+/// fingerprints digest their format's name first; this prefix is none of
+/// those names, so a key never matches a record.
+fn key_fingerprint(key: &str) -> String {
+    let mut digest = Sha256::new();
+    digest.update(b"idempotency-key\0");
+    digest.update(key.as_bytes());
+    hex::encode(digest.finalize())
+}
+
+/// The event a honeypot stored under `fingerprint`: the answer to a
+/// request sent again.
+async fn event_named(
+    state: &AppState,
+    honeypot_id: i64,
+    fingerprint: &str,
+) -> Result<HoneypotEvent> {
+    let row = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM honeypot_events WHERE honeypot_id = $1 AND fingerprint = $2"
+    ))
+    .bind(honeypot_id)
+    .bind(fingerprint)
+    .fetch_optional(state.db.reader())
+    .await?
+    .ok_or_else(|| Error::Internal("an event resent under its key is not stored".to_string()))?;
+    HoneypotEvent::from_row(&row)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

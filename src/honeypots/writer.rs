@@ -117,8 +117,8 @@ impl EventWriter {
     }
 
     /// Stores `events` from one honeypot; returns once they are committed.
-    /// `want_rows` returns the stored events, which only events without a
-    /// fingerprint (all of them stored) can ask for.
+    /// `want_rows` returns the events stored (not the resent copies), for
+    /// the few events of a single request.
     pub async fn write(
         &self,
         honeypot_id: i64,
@@ -128,11 +128,6 @@ impl EventWriter {
     ) -> Result<Written> {
         if events.is_empty() {
             return Ok(Written::default());
-        }
-        if want_rows && events.iter().any(|pending| pending.fingerprint.is_some()) {
-            return Err(Error::Internal(
-                "stored rows asked for events with fingerprints".to_string(),
-            ));
         }
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -207,11 +202,17 @@ async fn write_group(db: &Db, group: &[Job]) -> Result<Vec<Written>> {
             .iter()
             .any(|pending| pending.fingerprint.is_some())
         {
-            let stored = insert_rows(&mut tx, db, &rows).await?;
-            results.push(Written {
-                stored,
-                rows: Vec::new(),
-            });
+            let written = if job.want_rows {
+                let ids = insert_rows_returning_ids(&mut tx, db, &rows).await?;
+                stored_of(job, next_id, &ids)
+            } else {
+                let stored = insert_rows(&mut tx, db, &rows).await?;
+                Written {
+                    stored,
+                    rows: Vec::new(),
+                }
+            };
+            results.push(written);
         } else {
             results.push(stored_as_sent(job, next_id));
             always_stored.extend(rows);
@@ -311,7 +312,34 @@ fn event_rows(job: &Job, first_id: i64) -> Vec<EventRow<'_>> {
 /// already stored for their honeypot are skipped by `ON CONFLICT … DO
 /// NOTHING`. Returns how many were stored.
 async fn insert_rows(tx: &mut Tx, db: &Db, rows: &[EventRow<'_>]) -> Result<usize> {
-    let sql = format!(
+    let sql = insert_sql(db, "");
+    let mut stored = 0;
+    for chunk in json_chunks(rows) {
+        let result = sqlx::query(&sql).bind(chunk).execute(&mut **tx).await?;
+        stored += result.rows_affected() as usize;
+    }
+    Ok(stored)
+}
+
+/// As `insert_rows`, returning the ids stored: for the few events whose
+/// sender wants them back and which may be resent copies.
+async fn insert_rows_returning_ids(
+    tx: &mut Tx,
+    db: &Db,
+    rows: &[EventRow<'_>],
+) -> Result<Vec<i64>> {
+    let sql = insert_sql(db, " RETURNING id");
+    let mut ids = Vec::new();
+    for chunk in json_chunks(rows) {
+        for row in sqlx::query(&sql).bind(chunk).fetch_all(&mut **tx).await? {
+            ids.push(row.try_get("id")?);
+        }
+    }
+    Ok(ids)
+}
+
+fn insert_sql(db: &Db, returning: &str) -> String {
+    format!(
         "INSERT INTO honeypot_events (id, honeypot_id, event_type, source_ip, source_port, \
              destination_port, protocol, username, password, command, session_id, payload, \
              occurred_at, received_at, threat_level, threat_tags, fingerprint) \
@@ -321,15 +349,9 @@ async fn insert_rows(tx: &mut Tx, db: &Db, rows: &[EventRow<'_>]) -> Result<usiz
              CAST(item ->> 12 AS BIGINT), CAST(item ->> 13 AS BIGINT), item ->> 14, \
              item ->> 15, item ->> 16 \
          FROM {} WHERE true \
-         ON CONFLICT (honeypot_id, fingerprint) DO NOTHING",
+         ON CONFLICT (honeypot_id, fingerprint) DO NOTHING{returning}",
         storage::json_array_rows(db.backend())
-    );
-    let mut stored = 0;
-    for chunk in json_chunks(rows) {
-        let result = sqlx::query(&sql).bind(chunk).execute(&mut **tx).await?;
-        stored += result.rows_affected() as usize;
-    }
-    Ok(stored)
+    )
 }
 
 /// `rows` as JSON arrays of at most `ROWS_PER_STATEMENT` rows and about
@@ -361,16 +383,26 @@ fn json_chunks(rows: &[EventRow<'_>]) -> Vec<String> {
 
 /// A job without fingerprints, all stored, its events numbered from `first_id`.
 fn stored_as_sent(job: &Job, first_id: i64) -> Written {
+    let ids: Vec<i64> = (first_id..).take(job.events.len()).collect();
+    stored_of(job, first_id, &ids)
+}
+
+/// What a job stored: the events numbered from `first_id` whose ids are in
+/// `stored_ids`, built in memory when the sender wants them back.
+fn stored_of(job: &Job, first_id: i64, stored_ids: &[i64]) -> Written {
     let rows = if job.want_rows {
-        let ids = first_id..;
-        ids.zip(&job.events)
-            .map(|(id, pending)| pending.stored(id, job.honeypot_id, job.received_at))
+        stored_ids
+            .iter()
+            .filter_map(|id| {
+                let pending = job.events.get(usize::try_from(id - first_id).ok()?)?;
+                Some(pending.stored(*id, job.honeypot_id, job.received_at))
+            })
             .collect()
     } else {
         Vec::new()
     };
     Written {
-        stored: job.events.len(),
+        stored: stored_ids.len(),
         rows,
     }
 }

@@ -46,6 +46,79 @@ async fn events_of(app: &TestApp, query: &str) -> Vec<Value> {
 }
 
 backend_tests! {
+    async fn a_single_event_sent_again_under_its_idempotency_key_is_stored_once(app: TestApp) {
+        let (honeypot_id, key) = app.honeypot("named-01", "ssh").await;
+        let (_, other_key) = app.honeypot("named-02", "ssh").await;
+        let event = json!({"event_type": "auth_attempt", "source_ip": "192.0.2.71",
+                           "username": "root", "password": "hunter2"});
+
+        let first = app.post_named_event(&key, b"attempt-1", event.clone()).await.expect(201);
+        let again = app.post_named_event(&key, b"attempt-1", event.clone()).await.expect(201);
+        let changed = json!({"event_type": "scan", "source_ip": "192.0.2.72"});
+        let reused = app.post_named_event(&key, b"attempt-1", changed).await.expect(201);
+        let other_name = app.post_named_event(&key, b"attempt-2", event.clone()).await.expect(201);
+        let other_honeypot =
+            app.post_named_event(&other_key, b"attempt-1", event.clone()).await.expect(201);
+
+        let without_processed = |reply: &Reply| {
+            let mut body = reply.body.clone();
+            body.as_object_mut().unwrap().remove("is_processed");
+            body
+        };
+        assert_eq!(without_processed(&again), without_processed(&first));
+        assert_eq!(without_processed(&reused), without_processed(&first));
+        assert_ne!(other_name.id(), first.id());
+        assert_ne!(other_honeypot.id(), first.id());
+        let stored = app
+            .admin_get(&format!("/security/honeypot/events?honeypot_id={honeypot_id}"))
+            .await
+            .expect(200);
+        assert_eq!(stored.items().len(), 2, "{}", stored.text);
+    }
+
+    async fn requests_racing_under_one_idempotency_key_store_one_event(app: TestApp) {
+        let (_, key) = app.honeypot("named-race", "ssh").await;
+        let event = json!({"event_type": "scan", "source_ip": "192.0.2.73"});
+
+        let http = reqwest::Client::new();
+        let posts: Vec<_> = (0..16)
+            .map(|_| {
+                let request = http
+                    .post(format!("{}/security/honeypot/events", app.base_url))
+                    .header("X-HONEYPOT-KEY", &key)
+                    .header("Idempotency-Key", "race")
+                    .json(&event);
+                tokio::spawn(async move {
+                    let reply = request.send().await.expect("an answer");
+                    assert_eq!(reply.status().as_u16(), 201);
+                    reply.json::<Value>().await.expect("an event")["id"].as_i64().unwrap()
+                })
+            })
+            .collect();
+
+        let mut ids = std::collections::BTreeSet::new();
+        for post in posts {
+            ids.insert(post.await.expect("the task ran"));
+        }
+        assert_eq!(ids.len(), 1, "{ids:?}");
+    }
+
+    async fn a_malformed_idempotency_key_is_refused_and_stores_nothing(app: TestApp) {
+        let (honeypot_id, key) = app.honeypot("named-bad", "ssh").await;
+        let event = json!({"event_type": "scan", "source_ip": "192.0.2.74"});
+        let too_long = vec![b'k'; 256];
+
+        for name in [&b""[..], b"two words", "caf\u{e9}".as_bytes(), &too_long] {
+            app.post_named_event(&key, name, event.clone()).await.expect_problem(400);
+        }
+
+        let stored = app
+            .admin_get(&format!("/security/honeypot/events?honeypot_id={honeypot_id}"))
+            .await
+            .expect(200);
+        assert!(stored.items().is_empty(), "{}", stored.text);
+    }
+
     async fn an_event_row_stored_some_other_way_does_not_stop_ingest(app: TestApp) {
         // A row the writer did not number (a restore, a hand-made insert, an
         // older release during an upgrade) sits above the event sequence:

@@ -381,6 +381,18 @@ impl TestApp {
         into_reply(request.send().await.expect("the server answers")).await
     }
 
+    /// Posts one event with a honeypot key and an `Idempotency-Key` (bytes,
+    /// so that tests can send what is not text).
+    pub async fn post_named_event(&self, key: &str, name: &[u8], event: Value) -> Reply {
+        let request = self
+            .http
+            .post(format!("{}/security/honeypot/events", self.base_url))
+            .header("X-HONEYPOT-KEY", key)
+            .header("Idempotency-Key", HeaderValue::from_bytes(name).unwrap())
+            .json(&event);
+        into_reply(request.send().await.expect("the server answers")).await
+    }
+
     /// Posts a bulk body with a honeypot key; `format` goes in the query.
     pub async fn post_bulk(&self, key: &str, format: &str, body: impl Into<Vec<u8>>) -> Reply {
         let request = self
