@@ -117,7 +117,6 @@ impl Engine {
 
     /// Judges up to `BATCH` unprocessed events; returns how many.
     pub async fn judge_next_batch(&self) -> Result<usize> {
-        let now = self.clock.now();
         let mut tx = self.db.begin().await?;
         if !self.holds_engine_lock(&mut tx).await? {
             return Ok(0);
@@ -127,6 +126,10 @@ impl Engine {
         let Some(last) = events.last().map(|event| event.id) else {
             return Ok(0);
         };
+        // Read after the batch, so that every event in it arrived before
+        // `now`: a block that ended just before a source's next burst is
+        // then seen as ended, not as still holding the source.
+        let now = self.clock.now();
 
         let policy = load_policy(&mut *tx).await?;
         let groups = by_source(&events);
