@@ -9,8 +9,8 @@
 //! cheaply: the address space is cut into buckets (/16 for IPv4, /32 for
 //! IPv6), and each bucket keeps a bit mask of the lengths of the networks
 //! that cover any of it. A network marks every bucket it covers, up to 256
-//! of them (so /8 and longer for IPv4, /24 and longer for IPv6); the rare
-//! shorter ones are probed on every check. A check therefore costs the
+//! of them for IPv4 (/8 and longer) and 16 for IPv6 (/28 and longer); the
+//! rare shorter ones are probed on every check. A check therefore costs the
 //! address's probe, its bucket's, and one per length that can match there
 //! (usually none or one), each one or two cache lines, whatever the table
 //! size; a probe for an absent key reads only the table's control bytes,
@@ -130,7 +130,8 @@ struct Networks<K> {
     bucket_bits: u32,
     /// Shorter networks are probed whenever present. Networks of this length
     /// or longer mark each bucket they cover; a network of exactly this
-    /// length covers 256 of them, a longer one fewer, at most /32 one.
+    /// length covers 256 of them (IPv4) or 16 (IPv6), a longer one fewer,
+    /// down to one.
     shortest_marked: u32,
     /// Indexed by prefix length; keyed by the network's first address.
     by_length: Vec<Table<K, Entry>>,
@@ -144,8 +145,10 @@ struct Networks<K> {
 }
 
 impl<K: Key> Networks<K> {
-    fn new(bits: u32, bucket_bits: u32, state: SeededState) -> Self {
-        let shortest_marked = bucket_bits - 8;
+    /// `shortest_marked` bounds what one network costs: one of that length
+    /// marks `2^(bucket_bits - shortest_marked)` buckets, each a count and a
+    /// mask entry (about 64 bytes when the masks are sparse).
+    fn new(bits: u32, bucket_bits: u32, shortest_marked: u32, state: SeededState) -> Self {
         Self {
             bits,
             bucket_bits,
@@ -390,8 +393,13 @@ impl BlocklistIndex {
         Self {
             ipv4: Table::with_hasher(state),
             ipv6: Table::with_hasher(state),
-            networks_v4: Networks::new(32, 16, state),
-            networks_v6: Networks::new(128, 32, state),
+            // IPv4's buckets are 65,536 at most, whatever the networks: a /8
+            // may mark 256 of them. IPv6 has 2^32 buckets, so each network
+            // marking 256 (a /24) cost 17 KB and a list of such ranges
+            // gigabytes; from /28 a network marks 16 at most (about 1 KB),
+            // and the rare shorter ones are probed on every check instead.
+            networks_v4: Networks::new(32, 16, 8, state),
+            networks_v6: Networks::new(128, 32, 28, state),
             users: HashMap::new(),
             api_keys: HashMap::new(),
             removed: HashSet::new(),
@@ -645,16 +653,31 @@ mod tests {
     fn removing_the_last_long_network_of_a_bucket_clears_its_mark() {
         let mut index = BlocklistIndex::new();
         let network = entity(EntityType::Cidr, "2001:db8:1:2::/64");
-        let wide = entity(EntityType::Cidr, "2001:d00::/24");
+        let wide = entity(EntityType::Cidr, "2001:d00::/28");
         index.upsert(1, &network, None);
         index.upsert(2, &wide, None);
-        assert_eq!(index.networks_v6.bucket_lengths.marked(), 256);
-        assert_eq!(index.matching(&address("2001:dff::1"), at(0)), vec![2]);
+        // The /28's 16 buckets, and the /64's own, which lies outside it.
+        assert_eq!(index.networks_v6.bucket_lengths.marked(), 17);
+        assert_eq!(index.matching(&address("2001:d0f::1"), at(0)), vec![2]);
         index.remove(1, &network);
         index.remove(2, &wide);
         assert_eq!(index.networks_v6.bucket_lengths.marked(), 0);
         assert!(index.networks_v6.bucket_counts.is_empty());
         assert!(index.is_empty());
+    }
+
+    #[test]
+    fn wide_ipv6_networks_cost_no_bucket_marks() {
+        let mut index = BlocklistIndex::new();
+        for n in 0..1000u32 {
+            let wide = format!("{:x}:{:x}00::/24", 0x3000 + n / 256, n % 256);
+            index.upsert(i64::from(n), &entity(EntityType::Cidr, &wide), None);
+        }
+
+        assert_eq!(index.len(), 1000);
+        assert_eq!(index.networks_v6.bucket_lengths.marked(), 0);
+        assert!(index.networks_v6.bucket_counts.is_empty());
+        assert_eq!(index.matching(&address("3000:100::1"), at(0)), vec![1]);
     }
 
     /// xorshift64*: deterministic, so a failure reproduces from its seed.
