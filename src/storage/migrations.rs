@@ -122,7 +122,7 @@ async fn apply(db: &Db, migrations: &[Migration]) -> Result<()> {
 fn refuse_newer_schema(applied: &[i64]) -> Result<()> {
     let known = |version: &i64| MIGRATIONS.iter().any(|m| m.version == *version);
     match applied.iter().filter(|version| !known(version)).max() {
-        Some(newest) => Err(Error::Internal(format!(
+        Some(newest) => Err(Error::Command(format!(
             "the database is at schema version {newest}, written by a newer release of \
              Valhalla; this one knows versions up to {}: run the newer release",
             MIGRATIONS.last().map_or(0, |m| m.version)

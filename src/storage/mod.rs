@@ -60,8 +60,10 @@ pub struct Db {
 /// sequences) that every replica's writers wait for; a replica frozen in the
 /// middle of a transaction (a paused VM, a stopped process, a partition)
 /// would otherwise stall them all until its connection is found dead. None
-/// of Valhalla's transactions waits on anything but the database.
-const POSTGRES_SESSION: &str = "SET idle_in_transaction_session_timeout = '30s'";
+/// of Valhalla's transactions waits on anything but the database, and 10 s
+/// stays well under the 30 s a request may take, so that a request queued
+/// behind a frozen replica still gets its answer.
+const POSTGRES_SESSION: &str = "SET idle_in_transaction_session_timeout = '10s'";
 
 impl Db {
     /// Connects, creating a SQLite file if it does not exist yet.
