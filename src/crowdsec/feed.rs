@@ -186,7 +186,7 @@ pub async fn write_active_pages(
     list: &mut DecisionList,
     out: &mut FeedWriter,
 ) -> Result<()> {
-    let sql = active_page_sql(db.backend());
+    let sql = crate::storage::rows_as_json(db.backend(), ACTIVE_PAGE_COLUMNS, ACTIVE_PAGE);
     let mut after = 0_i64;
     loop {
         let row = sqlx::query(&sql)
@@ -196,13 +196,11 @@ pub async fn write_active_pages(
             .bind(created_upto)
             .fetch_one(db.reader())
             .await?;
-        let Some(last) = sqlx::Row::try_get::<Option<i64>, _>(&row, "last_id")? else {
+        let mut blocks: Vec<PageRow> = crate::storage::parse_json_rows(&row)?;
+        blocks.sort_unstable_by_key(|block| block.0);
+        let Some(last) = blocks.last().map(|block| block.0) else {
             return Ok(());
         };
-        let page: String = sqlx::Row::try_get(&row, "page")?;
-        let mut blocks: Vec<PageRow> = serde_json::from_str(&page)
-            .map_err(|error| Error::Internal(format!("an unreadable page of blocks: {error}")))?;
-        blocks.sort_unstable_by_key(|block| block.0);
 
         for (id, entity_type, value, reason, source, expires_at) in blocks {
             let Some(block) =
@@ -219,22 +217,11 @@ pub async fn write_active_pages(
     }
 }
 
+const ACTIVE_PAGE_COLUMNS: &str = "id, entity_type, value, reason, source, expires_at";
+
 /// The active blocks with an id after `$2`, at most `$3` of them, at `$1`,
-/// created at or before change `$4`, as one JSON array of arrays and the
-/// last id (NULL when none is left).
-fn active_page_sql(backend: crate::storage::Backend) -> String {
-    let page = "SELECT id, entity_type, value, reason, source, expires_at FROM blocks \
-                WHERE deactivated_at IS NULL AND (expires_at IS NULL OR expires_at > $1) \
-                  AND id > $2 AND created_seq <= $4 \
-                ORDER BY id LIMIT $3";
-    match backend {
-        crate::storage::Backend::Sqlite => format!(
-            "SELECT json_group_array(json_array(id, entity_type, value, reason, source, \
-                 expires_at)) AS page, max(id) AS last_id FROM ({page})"
-        ),
-        crate::storage::Backend::Postgres => format!(
-            "SELECT coalesce(json_agg(json_build_array(id, entity_type, value, reason, source, \
-                 expires_at)), '[]')::text AS page, max(id) AS last_id FROM ({page}) AS page"
-        ),
-    }
-}
+/// created at or before change `$4`.
+const ACTIVE_PAGE: &str = "SELECT id, entity_type, value, reason, source, expires_at FROM blocks \
+    WHERE deactivated_at IS NULL AND (expires_at IS NULL OR expires_at > $1) \
+      AND id > $2 AND created_seq <= $4 \
+    ORDER BY id LIMIT $3";

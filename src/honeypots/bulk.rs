@@ -118,7 +118,8 @@ pub fn parse_batch(
     let mut report = BulkReport::default();
     for (line, record) in split_records(body)? {
         let mapped = record.and_then(refuse_nul).and_then(|(bytes, value)| {
-            map_record(format, value, now).map(|mapped| (fingerprint(format, &bytes), mapped))
+            map_record(format, value, now)
+                .map(|mapped| (fingerprint(format.as_str(), &bytes), mapped))
         });
         match mapped {
             Ok((fingerprint, Mapped::Event(event))) => {
@@ -177,10 +178,12 @@ fn split_records(body: &[u8]) -> Result<Vec<(usize, Record)>> {
         .collect())
 }
 
-/// Identifies a record by its format and exact bytes.
-fn fingerprint(format: Format, bytes: &[u8]) -> String {
+/// Identifies an event by what names it: a bulk record by its format's
+/// name and its exact bytes, a single event by `idempotency-key` and its
+/// key. The names differ, so the two kinds never collide.
+pub(super) fn fingerprint(namespace: &str, bytes: &[u8]) -> String {
     let mut digest = Sha256::new();
-    digest.update(format.as_str().as_bytes());
+    digest.update(namespace.as_bytes());
     digest.update([0]);
     digest.update(bytes);
     hex::encode(digest.finalize())

@@ -6,12 +6,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use super::bulk::fingerprint;
 use super::key::AuthenticatedHoneypot;
 use super::writer::PendingEvent;
 use crate::auth::{Capability, Principal, Secret};
@@ -279,14 +279,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>> {
     Ok(Some(key))
 }
 
-/// The fingerprint an `Idempotency-Key` gives its event. Bulk records'
-/// fingerprints digest their format's name first; this prefix is none of
-/// those names, so a key never matches a record.
+/// The fingerprint an `Idempotency-Key` gives its event.
 fn key_fingerprint(key: &str) -> String {
-    let mut digest = Sha256::new();
-    digest.update(b"idempotency-key\0");
-    digest.update(key.as_bytes());
-    hex::encode(digest.finalize())
+    fingerprint(IDEMPOTENCY_KEY, key.as_bytes())
 }
 
 /// The event a honeypot stored under `fingerprint`: the answer to a

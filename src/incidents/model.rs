@@ -9,7 +9,6 @@ use utoipa::ToSchema;
 
 use crate::detection::ThreatLevel;
 use crate::error::{Error, Result};
-use crate::storage;
 use crate::time::Timestamp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -57,6 +56,11 @@ pub struct Incident {
 pub const INCIDENT_COLUMNS: &str =
     "id, source_ip, severity, status, event_count, first_seen_at, last_seen_at, type_counts";
 
+/// An incident's stored columns, in `INCIDENT_COLUMNS` order: as a row
+/// gives them, or as a JSON array (`storage::rows_as_json`).
+#[derive(Debug, Deserialize)]
+pub struct IncidentColumns(i64, String, String, String, i64, i64, i64, String);
+
 /// An incident row before its links are attached.
 #[derive(Debug, Clone)]
 pub struct IncidentRow {
@@ -72,19 +76,37 @@ pub struct IncidentRow {
 
 impl IncidentRow {
     pub fn from_row(row: &AnyRow) -> Result<Self> {
-        let severity: String = row.try_get("severity")?;
-        let status: String = row.try_get("status")?;
+        Self::from_columns(IncidentColumns(
+            row.try_get("id")?,
+            row.try_get("source_ip")?,
+            row.try_get("severity")?,
+            row.try_get("status")?,
+            row.try_get("event_count")?,
+            row.try_get("first_seen_at")?,
+            row.try_get("last_seen_at")?,
+            row.try_get("type_counts")?,
+        ))
+    }
+
+    /// From the stored columns, in `INCIDENT_COLUMNS` order, however read.
+    pub fn from_columns(columns: IncidentColumns) -> Result<Self> {
+        let IncidentColumns(id, source_ip, severity, status, count, first, last, types) = columns;
+        let instant = |millis: i64| {
+            Timestamp::from_millis(millis)
+                .ok_or_else(|| Error::Internal(format!("incident {id}: an instant out of range")))
+        };
         Ok(IncidentRow {
-            id: row.try_get("id")?,
-            source_ip: row.try_get("source_ip")?,
+            id,
+            source_ip,
             severity: ThreatLevel::parse(&severity)
                 .ok_or_else(|| Error::Internal(format!("stored severity {severity}")))?,
             status: IncidentStatus::parse(&status)
                 .ok_or_else(|| Error::Internal(format!("stored incident status {status}")))?,
-            event_count: row.try_get("event_count")?,
-            first_seen_at: storage::timestamp(row, "first_seen_at")?,
-            last_seen_at: storage::timestamp(row, "last_seen_at")?,
-            type_counts: storage::json(row, "type_counts")?,
+            event_count: count,
+            first_seen_at: instant(first)?,
+            last_seen_at: instant(last)?,
+            type_counts: serde_json::from_str(&types)
+                .map_err(|error| Error::Internal(format!("incident {id} type counts: {error}")))?,
         })
     }
 

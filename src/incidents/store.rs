@@ -2,10 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Deserialize;
 use sqlx::{Any, Executor, Row};
 
-use super::model::{Incident, IncidentRow, IncidentStatus, INCIDENT_COLUMNS};
+use super::model::{Incident, IncidentColumns, IncidentRow, IncidentStatus, INCIDENT_COLUMNS};
 use crate::detection::ThreatLevel;
 use crate::error::{Error, Result};
 use crate::storage::{self, Backend, Tx};
@@ -103,49 +102,24 @@ async fn active_incidents(
         .bind(since.millis())
         .fetch_one(&mut **tx)
         .await?;
-    let mut rows: Vec<StoredIncident> = storage::parse_json_rows(&row)?;
-    rows.sort_unstable_by_key(|row| row.0);
+    let mut rows = storage::parse_json_rows::<IncidentColumns>(&row)?
+        .into_iter()
+        .map(IncidentRow::from_columns)
+        .collect::<Result<Vec<_>>>()?;
+    rows.sort_unstable_by_key(|row| row.id);
 
     let by_source: BTreeMap<&str, &SourceActivity> = activities
         .iter()
         .map(|activity| (activity.source_ip.as_str(), activity))
         .collect();
     let mut current = BTreeMap::new();
-    for stored in rows {
-        let row = stored.into_row()?;
+    for row in rows {
         let activity = by_source[row.source_ip.as_str()];
         if row.last_seen_at >= activity.first_seen_at.minus_seconds(INCIDENT_QUIET_SECONDS) {
             current.insert(row.source_ip.clone(), row);
         }
     }
     Ok(current)
-}
-
-/// An incident row as `rows_as_json` hands it over, in `INCIDENT_COLUMNS` order.
-#[derive(Deserialize)]
-struct StoredIncident(i64, String, String, String, i64, i64, i64, String);
-
-impl StoredIncident {
-    fn into_row(self) -> Result<IncidentRow> {
-        let StoredIncident(id, source_ip, severity, status, count, first, last, types) = self;
-        let instant = |millis: i64| {
-            Timestamp::from_millis(millis)
-                .ok_or_else(|| Error::Internal(format!("incident {id}: an instant out of range")))
-        };
-        Ok(IncidentRow {
-            id,
-            source_ip,
-            severity: ThreatLevel::parse(&severity)
-                .ok_or_else(|| Error::Internal(format!("stored severity {severity}")))?,
-            status: IncidentStatus::parse(&status)
-                .ok_or_else(|| Error::Internal(format!("stored incident status {status}")))?,
-            event_count: count,
-            first_seen_at: instant(first)?,
-            last_seen_at: instant(last)?,
-            type_counts: serde_json::from_str(&types)
-                .map_err(|error| Error::Internal(format!("incident {id} type counts: {error}")))?,
-        })
-    }
 }
 
 /// One INSERT for the sources that need a new incident.

@@ -4,9 +4,9 @@
 //! minutes. Here a batch of a few thousand lines costs a handful: one read
 //! of the live blocks of the batch's entities, one insert of the new ones,
 //! one update of the extended ones. The rows travel as one JSON array bound
-//! as a single parameter and unpacked by the database (`json_each` on
-//! SQLite, `json_array_elements` on PostgreSQL): sqlx's cost grows with
-//! every bound parameter, and a thousand-row `VALUES` list would bind
+//! as a single parameter and unpacked by the database
+//! (`storage::json_array_rows`): sqlx's cost grows with every bound
+//! parameter, and a thousand-row `VALUES` list would bind
 //! seven thousand. The rules are those of a single block: allowlist
 //! overlap refused, an active block extended to the later expiry
 //! (permanent wins), an expired but not yet swept block retired and
@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 
 use serde_json::json;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::lines::ImportLine;
@@ -24,10 +25,10 @@ use crate::blocklist::changes::{self, ChangeKind, LoggedChange};
 use crate::blocklist::entity::{range_key, Entity, EntityType, Network};
 use crate::blocklist::shared::{BlockChanges, SharedIndex};
 use crate::blocklist::store::retire_expired_block;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::http::RejectedLine;
 use crate::policy::load_policy;
-use crate::storage::{Backend, Db, Tx};
+use crate::storage::{self, Backend, Db, Tx};
 use crate::time::Timestamp;
 
 /// Who imports, and as what source the blocks are recorded.
@@ -194,15 +195,6 @@ fn group_by_entity(lines: Vec<ImportLine>) -> Vec<EntityLines> {
     entities
 }
 
-/// The rows in a JSON array bound as `$1`, as a table `batch` with one
-/// column `item` (each element). The only SQL that differs by backend.
-fn batch_rows(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Sqlite => "(SELECT value AS item FROM json_each($1)) AS batch",
-        Backend::Postgres => "json_array_elements(CAST($1 AS json)) AS batch(item)",
-    }
-}
-
 /// The live blocks of the batch's entities, by entity type and value.
 async fn find_live_blocks(
     tx: &mut Tx,
@@ -218,7 +210,7 @@ async fn find_live_blocks(
          FROM {} JOIN blocks \
            ON blocks.entity_type = batch.item ->> 0 AND blocks.value = batch.item ->> 1 \
          WHERE blocks.deactivated_at IS NULL",
-        batch_rows(backend)
+        storage::json_array_rows(backend)
     );
     let rows = sqlx::query(&sql)
         .bind(serde_json::to_string(&keys).expect("strings serialise"))
@@ -338,7 +330,7 @@ async fn insert_blocks(
          FROM {} \
          WHERE true \
          ON CONFLICT (entity_type, value) WHERE deactivated_at IS NULL DO NOTHING",
-        batch_rows(backend)
+        storage::json_array_rows(backend)
     );
     // On PostgreSQL the statement's own rows are aggregated by the same
     // statement (a data-modifying `WITH`), so no second query has to find
@@ -348,7 +340,7 @@ async fn insert_blocks(
         Backend::Postgres => format!(
             "WITH inserted AS ({sql} RETURNING id, entity_type, value) \
              SELECT coalesce(json_agg(json_build_array(id, entity_type, value)), '[]')::text \
-                 AS created FROM inserted"
+                 AS rows FROM inserted"
         ),
     };
     let query = sqlx::query(&sql)
@@ -357,15 +349,14 @@ async fn insert_blocks(
         .bind(&importer.actor)
         .bind(now.millis())
         .bind(seq);
-    let created: String = match backend {
+    let created = match backend {
         Backend::Sqlite => {
             query.execute(&mut **tx).await?;
             created_by_seq(tx, seq).await?
         }
-        Backend::Postgres => query.fetch_one(&mut **tx).await?.try_get("created")?,
+        Backend::Postgres => query.fetch_one(&mut **tx).await?,
     };
-    let inserted: Vec<(i64, String, String)> = serde_json::from_str(&created)
-        .map_err(|error| Error::Internal(format!("the batch's new blocks read back: {error}")))?;
+    let inserted: Vec<(i64, String, String)> = storage::parse_json_rows(&created)?;
     plan.written += inserted.len();
     let ids: HashMap<(&str, &str), i64> = inserted
         .iter()
@@ -405,15 +396,13 @@ async fn insert_blocks(
 /// inserted, as a JSON array of `[id, entity_type, value]`, found as those
 /// its change number created. Extensions, which also carry that number,
 /// come later in the batch; retirements carry later numbers.
-async fn created_by_seq(tx: &mut Tx, seq: i64) -> Result<String> {
-    let row = sqlx::query(
-        "SELECT json_group_array(json_array(id, entity_type, value)) AS created \
-         FROM blocks WHERE changed_seq = $1 AND created_seq = $1",
-    )
-    .bind(seq)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(row.try_get("created")?)
+async fn created_by_seq(tx: &mut Tx, seq: i64) -> Result<AnyRow> {
+    let sql = storage::rows_as_json(
+        Backend::Sqlite,
+        "id, entity_type, value",
+        "SELECT id, entity_type, value FROM blocks WHERE changed_seq = $1 AND created_seq = $1",
+    );
+    Ok(sqlx::query(&sql).bind(seq).fetch_one(&mut **tx).await?)
 }
 
 /// `[entity_type, value, family, range_start, range_end, reason, expires_at]`.
@@ -448,7 +437,7 @@ async fn extend_blocks(tx: &mut Tx, backend: Backend, seq: i64, plan: &mut Plan)
          WHERE blocks.id = CAST(batch.item ->> 0 AS BIGINT) AND blocks.expires_at IS NOT NULL \
            AND (batch.item ->> 1 IS NULL \
                 OR blocks.expires_at < CAST(batch.item ->> 1 AS BIGINT))",
-        batch_rows(backend)
+        storage::json_array_rows(backend)
     );
     let extended = sqlx::query(&sql)
         .bind(serde_json::to_string(&rows).expect("numbers serialise"))
