@@ -13,7 +13,13 @@ use crate::support::{encode, Reply};
 const BLOCKS: &str = "/security/policy/blocks";
 
 /// Where the contract lives: CI clones the repository with `shared/` beside it.
-const API_MD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/API.md");
+/// The HTTP contract: the project's shared copy when it lies beside the
+/// repository (as in CI), else the repository's own copy, which CI checks
+/// is identical to it.
+const API_MD: [&str; 2] = [
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/API.md"),
+    concat!(env!("CARGO_MANIFEST_DIR"), "/contract/API.md"),
+];
 
 /// Asserts the full problem shape: the members RFC 9457 and API.md name and
 /// no others, `errors` only on validation failures, and nothing internal.
@@ -52,7 +58,10 @@ fn assert_problem(reply: Reply, status: u16) -> Reply {
 
 /// The operations API.md documents, as `(method, path)` without queries.
 fn documented_operations() -> BTreeSet<(String, String)> {
-    let contract = std::fs::read_to_string(API_MD).expect("API.md beside the repository");
+    let contract = API_MD
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .expect("API.md beside the repository or in contract/");
     let mut operations = BTreeSet::new();
     for span in contract.split('`').skip(1).step_by(2) {
         let Some((method, path)) = span.split_once(' ') else {
