@@ -11,6 +11,9 @@ const VALHALLA: &str = env!("CARGO_BIN_EXE_valhalla");
 #[path = "process/server.rs"]
 mod server;
 
+#[path = "process/tls.rs"]
+mod tls;
+
 use server::ServerProcess;
 
 /// The server on a temporary SQLite file of its own.
@@ -47,17 +50,15 @@ impl Server {
 /// Runs `valhalla block import` with `arguments` after the file; bounded by
 /// the command's own `--timeout-seconds`.
 fn import(server: &Server, file: &Path, token: &str, arguments: &[&str]) -> Output {
+    import_to(&server.process.base_url, file, token, arguments)
+}
+
+/// As [`import`], to the server at `url`.
+fn import_to(url: &str, file: &Path, token: &str, arguments: &[&str]) -> Output {
     Command::new(VALHALLA)
         .args(["block", "import"])
         .arg(file)
-        .args([
-            "--url",
-            &server.process.base_url,
-            "--token",
-            token,
-            "--timeout-seconds",
-            "60",
-        ])
+        .args(["--url", url, "--token", token, "--timeout-seconds", "60"])
         .args(arguments)
         .stdin(Stdio::null())
         .output()
@@ -116,4 +117,35 @@ async fn the_import_command_fails_on_an_http_error() {
     let stderr = String::from_utf8_lossy(&as_csv.stderr);
     assert!(stderr.contains("422"), "{stderr}");
     assert_eq!(server.check("198.18.0.1").await["blocked"], json!(false));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_import_command_speaks_https_and_trusts_only_the_authorities_it_is_given() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let port = server.process.base_url.rsplit(':').next().expect("a port");
+    let proxy = tls::start_tls_proxy(dir.path(), port.parse().expect("a port number")).await;
+    let file = dir.path().join("blocklist.ndjson");
+    let line = json!({"entity_type": "ip", "value": "198.18.0.9", "reason": "r"});
+    std::fs::write(&file, format!("{line}\n")).expect("the file is written");
+    let token = &server.process.token;
+    let ca_cert = proxy.ca_cert.to_str().expect("a UTF-8 path");
+
+    let untrusted = import_to(&proxy.base_url, &file, token, &[]);
+
+    assert!(!untrusted.status.success());
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(stderr.contains("no TLS connection"), "{stderr}");
+    assert!(
+        !stderr.contains(token.as_str()),
+        "the token leaked: {stderr}"
+    );
+    assert_eq!(server.check("198.18.0.9").await["blocked"], json!(false));
+
+    let trusted = import_to(&proxy.base_url, &file, token, &["--ca-cert", ca_cert]);
+
+    let stdout = String::from_utf8_lossy(&trusted.stdout);
+    assert!(trusted.status.success(), "{stdout}");
+    assert!(stdout.contains("1 created"), "{stdout}");
+    assert_eq!(server.check("198.18.0.9").await["blocked"], json!(true));
 }

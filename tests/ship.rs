@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 const VALHALLA: &str = env!("CARGO_BIN_EXE_valhalla");
+
+#[path = "process/tls.rs"]
+mod tls;
 const COWRIE_LOG: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/samples/honeypot/cowrie/cowrie.json"
@@ -407,15 +410,20 @@ async fn every_line_is_stored_exactly_once_through_kills_rotation_and_truncation
 
 /// Runs `valhalla ship --once` to completion and returns its stderr.
 fn ship_once(server: &Server, key: &str, log: &Path, state: &Path) -> (ExitStatus, String) {
+    ship_once_to(&server.url(), &[], key, log, state)
+}
+
+/// As [`ship_once`], to `url` with more `options`.
+fn ship_once_to(
+    url: &str,
+    options: &[&str],
+    key: &str,
+    log: &Path,
+    state: &Path,
+) -> (ExitStatus, String) {
     let output = Command::new(VALHALLA)
-        .args([
-            "ship",
-            "--once",
-            "--url",
-            &server.url(),
-            "--format",
-            "cowrie",
-        ])
+        .args(["ship", "--once", "--url", url, "--format", "cowrie"])
+        .args(options)
         .arg("--state-file")
         .arg(state)
         .arg(log)
@@ -485,6 +493,36 @@ async fn once_imports_the_real_cowrie_log_and_a_second_run_sends_nothing_new() {
         74,
         "without its state the shipper resends, and the server keeps one copy: {third}"
     );
+    assert_eq!(server.event_count(honeypot).await, 74);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ships_over_https_trusting_a_private_authority_and_never_to_an_untrusted_server() {
+    let server = Server::start().await;
+    let (honeypot, key) = server.register_honeypot("cowrie-01").await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let proxy = tls::start_tls_proxy(dir.path(), server.port).await;
+    let ca_cert = proxy.ca_cert.to_str().expect("a UTF-8 path");
+    let log = Path::new(COWRIE_LOG);
+
+    let (status, untrusted) = ship_once_to(&proxy.base_url, &[], &key, log, &dir.path().join("a"));
+
+    assert!(!status.success(), "{untrusted}");
+    assert!(untrusted.contains("no TLS connection"), "{untrusted}");
+    assert!(untrusted.contains("--ca-cert"), "{untrusted}");
+    assert!(!untrusted.contains(&key), "the key leaked: {untrusted}");
+    assert_eq!(server.event_count(honeypot).await, 0);
+
+    let (status, trusted) = ship_once_to(
+        &proxy.base_url,
+        &["--ca-cert", ca_cert],
+        &key,
+        log,
+        &dir.path().join("b"),
+    );
+
+    assert!(status.success(), "{trusted}");
+    assert_eq!(summary_count(&trusted, "accepted"), 74, "{trusted}");
     assert_eq!(server.event_count(honeypot).await, 74);
 }
 

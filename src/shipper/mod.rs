@@ -29,8 +29,8 @@ use tokio::sync::watch;
 use self::batch::{Batch, BatchLimits, Collected, Collector, Then, MAX_BATCH_BYTES};
 use self::follow::{Follower, Mode};
 use self::progress::{summary, Progress, Totals};
-pub use self::send::ServerUrl;
 use self::send::{send_with_retries, BulkClient, Delivery, Report};
+pub use self::send::{tls_refusal, trusting, ServerUrl};
 use self::state::StateFile;
 use crate::auth::Secret;
 use crate::honeypots::formats::Format;
@@ -48,9 +48,13 @@ const LISTED_LINES: usize = 20;
 /// Settings of `valhalla ship`.
 #[derive(Debug, Clone, Args)]
 pub struct ShipSettings {
-    /// Valhalla's base URL, plain http (this build has no TLS), e.g. `http://127.0.0.1:8080`.
+    /// Valhalla's base URL, e.g. `https://valhalla.example:8443` or `http://127.0.0.1:8080`.
     #[arg(long, env = "VALHALLA_SHIP_URL", value_parser = ServerUrl::parse)]
     pub url: ServerUrl,
+
+    /// A PEM file of certificate authorities to trust for https, beside the system's.
+    #[arg(long, env = "VALHALLA_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 
     /// The honeypot's key. Prefer the variable: a flag shows in the process list.
     #[arg(long, env = "VALHALLA_SHIP_KEY", hide_env_values = true, value_parser = parse_key)]
@@ -107,6 +111,8 @@ pub enum ShipError {
          and that the honeypot is active"
     )]
     KeyRefused,
+    #[error("{0}")]
+    Tls(String),
     #[error("the server refused a batch with {status}: {detail}")]
     Refused { status: StatusCode, detail: String },
     #[error("gave up after {attempts} attempts: {reason}")]
@@ -178,7 +184,12 @@ struct Shipment {
 
 impl Shipment {
     fn start(settings: ShipSettings, stop: Stop) -> Result<Self, ShipError> {
-        let client = BulkClient::new(&settings.url, settings.format, &settings.key)?;
+        let client = BulkClient::new(
+            &settings.url,
+            settings.format,
+            &settings.key,
+            settings.ca_cert.as_deref(),
+        )?;
         let state = match settings.state_file {
             Some(path) => StateFile::new(path),
             None => StateFile::beside(&settings.path),
@@ -199,6 +210,13 @@ impl Shipment {
             flush_after: Duration::from_millis(settings.flush_millis),
         };
 
+        if settings.url.is_clear_text_off_host() {
+            tracing::warn!(
+                server = %settings.url,
+                "plain http to another host: the honeypot key and the telemetry cross the \
+                 network unencrypted; use https"
+            );
+        }
         tracing::info!(
             file = %settings.path.display(),
             server = %settings.url,

@@ -1,16 +1,19 @@
 //! Sending a batch to the bulk endpoint, retrying what may succeed later.
 //!
-//! The client speaks plain `http://` only: `reqwest` is built without any
-//! TLS backend, because a TLS stack would roughly double what this
-//! machine's build compiles, and the shipper is meant to run on the same
-//! host or private network as Valhalla. To ship across an untrusted
-//! network, put a TLS-terminating proxy beside Valhalla and a tunnel (or
-//! a local proxy) beside the shipper.
+//! Honeypots usually sit in a DMZ or a cloud network, away from Valhalla,
+//! so the key and the attackers' telemetry must cross networks nobody
+//! trusts: the client speaks `https://` (rustls), trusting the system's
+//! certificate authorities and, with `--ca-cert`, a private one, as a
+//! TLS-terminating proxy in front of Valhalla usually has. Plain `http://`
+//! stays for the same host or a private network; to any other host it is
+//! allowed with a warning, since the key then crosses the network in clear.
 //!
 //! A 2xx answer means the batch is committed. Resending after a timeout is
 //! safe: the server fingerprints every record and stores it once.
 
 use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
@@ -24,23 +27,19 @@ use crate::honeypots::formats::Format;
 const FIRST_DELAY: Duration = Duration::from_millis(250);
 const MAX_DELAY: Duration = Duration::from_secs(30);
 
-/// Valhalla's base URL, e.g. `http://127.0.0.1:8080`; `http` only.
+/// Valhalla's base URL, e.g. `https://valhalla.example:8443` or
+/// `http://127.0.0.1:8080`.
 #[derive(Debug, Clone)]
 pub struct ServerUrl(Url);
 
 impl ServerUrl {
     pub fn parse(text: &str) -> Result<Self, String> {
         let url = Url::parse(text).map_err(|error| format!("not a URL: {error}"))?;
-        match url.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(
-                    "https is not supported: this shipper is built without TLS; \
-                     use http:// to a Valhalla on the same host or network"
-                        .to_string(),
-                )
-            }
-            other => return Err(format!("`{other}:` is not supported; use http://HOST:PORT")),
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "`{}:` is not supported; use https://HOST:PORT or http://HOST:PORT",
+                url.scheme()
+            ));
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err("credentials in the URL are not used; pass the key with --key".into());
@@ -49,6 +48,23 @@ impl ServerUrl {
             return Err("give the server's base URL, without a query or fragment".into());
         }
         Ok(Self(url))
+    }
+
+    /// True when a secret sent to this URL would cross a network in clear:
+    /// plain `http` to a host other than this one.
+    pub fn is_clear_text_off_host(&self) -> bool {
+        if self.0.scheme() != "http" {
+            return false;
+        }
+        match self.0.host_str() {
+            Some("localhost") => false,
+            Some(host) => !host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|address| address.is_loopback()),
+            None => true,
+        }
     }
 
     /// The bulk endpoint for records in `format`.
@@ -91,6 +107,29 @@ pub struct RejectedLine {
     pub line: usize,
 }
 
+/// `builder` also trusting the certificate authorities in the PEM file at
+/// `ca_cert` (one or more certificates), beside the system's.
+pub fn trusting(
+    builder: reqwest::ClientBuilder,
+    ca_cert: Option<&Path>,
+) -> Result<reqwest::ClientBuilder, String> {
+    let Some(path) = ca_cert else {
+        return Ok(builder);
+    };
+    let pem = std::fs::read(path)
+        .map_err(|error| format!("cannot read --ca-cert {}: {error}", path.display()))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|error| format!("--ca-cert {} is not PEM: {error}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!("--ca-cert {} holds no certificate", path.display()));
+    }
+    Ok(certificates
+        .into_iter()
+        .fold(builder, |builder, certificate| {
+            builder.add_root_certificate(certificate)
+        }))
+}
+
 /// Posts batches for one honeypot.
 pub struct BulkClient {
     http: reqwest::Client,
@@ -100,15 +139,23 @@ pub struct BulkClient {
 }
 
 impl BulkClient {
-    pub fn new(server: &ServerUrl, format: Format, key: &Secret) -> Result<Self, ShipError> {
+    pub fn new(
+        server: &ServerUrl,
+        format: Format,
+        key: &Secret,
+        ca_cert: Option<&Path>,
+    ) -> Result<Self, ShipError> {
         let mut key = HeaderValue::from_str(key.expose()).map_err(|_| {
             ShipError::Settings("the key holds characters an HTTP header cannot carry".into())
         })?;
         key.set_sensitive(true);
-        let http = reqwest::Client::builder()
+
+        let builder = reqwest::Client::builder()
             .user_agent(concat!("valhalla-ship/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
+            .timeout(Duration::from_secs(120));
+        let http = trusting(builder, ca_cert)
+            .map_err(ShipError::Settings)?
             .build()
             .map_err(|error| ShipError::Settings(format!("the HTTP client: {error}")))?;
         Ok(Self {
@@ -129,9 +176,14 @@ impl BulkClient {
             .await;
         match sent {
             Ok(response) => classify(response).await,
-            Err(error) => Answer::Retry {
-                reason: describe(error),
-                after: None,
+            // Retrying cannot make an untrusted certificate trusted, and
+            // backing off for a minute would hide the cause.
+            Err(error) => match tls_refusal(&error) {
+                Some(message) => Answer::Fatal(ShipError::Tls(message)),
+                None => Answer::Retry {
+                    reason: describe(error),
+                    after: None,
+                },
             },
         }
     }
@@ -199,12 +251,49 @@ async fn problem_detail(response: reqwest::Response) -> String {
     detail.chars().take(300).collect()
 }
 
+/// What to tell the operator when TLS itself failed (most often the
+/// server's certificate was refused) rather than the network; `None` for
+/// any other error.
+pub fn tls_refusal(error: &reqwest::Error) -> Option<String> {
+    is_tls_failure(error).then(|| {
+        format!(
+            "no TLS connection to the server: {}; check the URL's host name, and pass \
+             --ca-cert when the server's certificate comes from a private certificate authority",
+            describe_ref(error)
+        )
+    })
+}
+
+/// rustls's error travels inside `io::Error`s (two, nested, from the
+/// connector), whose `source()` skips what they wrap, so each cause is
+/// unwrapped too.
+fn is_tls_failure(error: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        let mut wrapped = Some(current);
+        while let Some(inner) = wrapped {
+            if inner.is::<rustls::Error>() {
+                return true;
+            }
+            wrapped = inner
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .map(|inner| inner as &(dyn std::error::Error + 'static));
+        }
+        cause = current.source();
+    }
+    false
+}
+
 /// A transport error with its causes, which hold the useful part
 /// ("connection refused"); the key is in a header and never appears.
 fn describe(error: reqwest::Error) -> String {
-    let error = error.without_url();
+    describe_ref(&error.without_url())
+}
+
+fn describe_ref(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
+    let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
@@ -331,9 +420,21 @@ mod tests {
     }
 
     #[test]
+    fn only_plain_http_to_another_host_counts_as_clear_text_off_host() {
+        let off_host = |url: &str| ServerUrl::parse(url).unwrap().is_clear_text_off_host();
+
+        assert!(off_host("http://10.0.0.5:8080"));
+        assert!(off_host("http://valhalla.example:8080"));
+        assert!(!off_host("http://127.0.0.1:8080"));
+        assert!(!off_host("http://127.7.0.1:8080"));
+        assert!(!off_host("http://[::1]:8080"));
+        assert!(!off_host("http://localhost:8080"));
+        assert!(!off_host("https://valhalla.example:8443"));
+    }
+
+    #[test]
     fn urls_the_shipper_cannot_use_are_refused_when_parsed() {
         for url in [
-            "https://valhalla.example:8443",
             "ftp://127.0.0.1",
             "http://user:secret@127.0.0.1:8080",
             "http://127.0.0.1:8080/?format=cowrie",

@@ -206,3 +206,26 @@ backend_tests! {
         other.stop().await;
     }
 }
+
+/// Replicas reach a shared PostgreSQL across a network: the URL's
+/// `sslmode` must give an encrypted session. Needs a server with `ssl = on`
+/// (Debian's default, with its self-signed certificate; `require` encrypts
+/// without verifying, as libpq's `require` does).
+#[tokio::test]
+async fn postgres_sessions_are_encrypted_when_the_url_asks() {
+    let admin_url = crate::support::postgres_admin_url();
+    let separator = if admin_url.contains('?') { '&' } else { '?' };
+    let url = format!("{admin_url}{separator}sslmode=require");
+    let db = valhalla::storage::Db::connect(&url)
+        .await
+        .unwrap_or_else(|error| panic!("no TLS session with PostgreSQL (is ssl on?): {error}"));
+
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(db.reader())
+            .await
+            .expect("the session's TLS state");
+
+    assert!(encrypted);
+    db.close().await;
+}

@@ -22,9 +22,13 @@ pub struct ImportSettings {
     /// The file to import: NDJSON (one block a line) or CSV with a header.
     pub file: PathBuf,
 
-    /// Valhalla's base URL (`http` only).
+    /// Valhalla's base URL, e.g. `https://valhalla.example:8443`.
     #[arg(long, env = "VALHALLA_URL", value_parser = ServerUrl::parse)]
     pub url: ServerUrl,
+
+    /// A PEM file of certificate authorities to trust for https, beside the system's.
+    #[arg(long, env = "VALHALLA_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 
     /// A `policy_owner` or `admin` token.
     #[arg(long, env = "VALHALLA_TOKEN", hide_env_values = true,
@@ -88,6 +92,12 @@ pub async fn run(settings: ImportSettings) -> Result<()> {
     let format = settings
         .format
         .unwrap_or_else(|| FileFormat::of_path(&settings.file));
+    if settings.url.is_clear_text_off_host() {
+        eprintln!(
+            "warning: plain http to another host: the token crosses the network unencrypted; \
+             use https"
+        );
+    }
     let started = Instant::now();
 
     let summary = send_file(&settings, format).await?;
@@ -119,9 +129,11 @@ async fn send_file(settings: &ImportSettings, format: FileFormat) -> Result<Impo
         }
     });
 
-    let client = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(settings.timeout_seconds))
+        .timeout(Duration::from_secs(settings.timeout_seconds));
+    let client = crate::shipper::trusting(builder, settings.ca_cert.as_deref())
+        .map_err(Error::Command)?
         .build()
         .map_err(|error| Error::Command(format!("cannot build the HTTP client: {error}")))?;
     let response = client
@@ -139,6 +151,9 @@ async fn send_file(settings: &ImportSettings, format: FileFormat) -> Result<Impo
     // file is still being sent; the client then sees only the broken
     // upload, not the answer, so say what that usually means.
     let response = response.map_err(|error| {
+        if let Some(message) = crate::shipper::tls_refusal(&error) {
+            return Error::Command(message);
+        }
         Error::Command(format!(
             "the import failed: {error}; if the upload broke off early, the server refused \
              the request (check the token's role, --format and the file's first line) or \
