@@ -14,6 +14,9 @@ mod server;
 #[path = "process/tls.rs"]
 mod tls;
 
+#[path = "process/trap.rs"]
+mod trap;
+
 use server::ServerProcess;
 
 /// The server on a temporary SQLite file of its own.
@@ -148,4 +151,32 @@ async fn the_import_command_speaks_https_and_trusts_only_the_authorities_it_is_g
     assert!(trusted.status.success(), "{stdout}");
     assert!(stdout.contains("1 created"), "{stdout}");
     assert_eq!(server.check("198.18.0.9").await["blocked"], json!(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_import_command_follows_no_redirect() {
+    let trap = trap::start_redirect_trap().await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("blocklist.ndjson");
+    let line = json!({"entity_type": "ip", "value": "198.18.0.9", "reason": "r"});
+    std::fs::write(&file, format!("{line}\n")).expect("the file is written");
+
+    let output = import_to(
+        &trap.base_url,
+        &file,
+        "vh_some_token_of_an_operator_xyz",
+        &[],
+    );
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("307") && stderr.contains("/stolen"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("vh_some_token"),
+        "the token leaked: {stderr}"
+    );
+    assert_eq!(trap.followed(), 0, "the import followed the redirect");
 }

@@ -14,6 +14,9 @@ const VALHALLA: &str = env!("CARGO_BIN_EXE_valhalla");
 
 #[path = "process/tls.rs"]
 mod tls;
+
+#[path = "process/trap.rs"]
+mod trap;
 const COWRIE_LOG: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/samples/honeypot/cowrie/cowrie.json"
@@ -524,6 +527,47 @@ async fn ships_over_https_trusting_a_private_authority_and_never_to_an_untrusted
     assert!(status.success(), "{trusted}");
     assert_eq!(summary_count(&trusted, "accepted"), 74, "{trusted}");
     assert_eq!(server.event_count(honeypot).await, 74);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_stops_at_start_on_a_certificate_it_will_never_trust() {
+    let server = Server::start().await;
+    let (_, key) = server.register_honeypot("cowrie-01").await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let proxy = tls::start_tls_proxy(dir.path(), server.port).await;
+    // A quiet honeypot: nothing to send, so only a check at start can tell.
+    let log = dir.path().join("cowrie.json");
+    std::fs::write(&log, "").expect("an empty log");
+
+    let mut shipper = start_shipper(&proxy.base_url, &key, &log, &[], "shipper");
+
+    let status = shipper.wait_for_exit();
+    assert!(!status.success());
+    let output = shipper.output();
+    assert!(output.contains("no TLS connection"), "{output}");
+    assert!(output.contains("--ca-cert"), "{output}");
+    assert!(!output.contains(&key), "the key leaked: {output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_followed_so_the_key_goes_nowhere_else() {
+    let trap = trap::start_redirect_trap().await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let key = format!("vh_hp_{}", random_hex());
+
+    let (status, stderr) = ship_once_to(
+        &trap.base_url,
+        &[],
+        &key,
+        Path::new(COWRIE_LOG),
+        &dir.path().join("state"),
+    );
+
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("307"), "{stderr}");
+    assert!(stderr.contains("/stolen"), "{stderr}");
+    assert!(!stderr.contains(&key), "the key leaked: {stderr}");
+    assert_eq!(trap.followed(), 0, "the shipper followed the redirect");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

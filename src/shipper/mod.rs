@@ -12,6 +12,7 @@
 //! `progress` draws the `--once` progress line and summary.
 
 mod batch;
+pub mod client;
 mod follow;
 mod progress;
 mod send;
@@ -29,8 +30,8 @@ use tokio::sync::watch;
 use self::batch::{Batch, BatchLimits, Collected, Collector, Then, MAX_BATCH_BYTES};
 use self::follow::{Follower, Mode};
 use self::progress::{summary, Progress, Totals};
+pub use self::send::{location, ServerUrl};
 use self::send::{send_with_retries, BulkClient, Delivery, Report};
-pub use self::send::{tls_refusal, trusting, ServerUrl};
 use self::state::StateFile;
 use crate::auth::Secret;
 use crate::honeypots::formats::Format;
@@ -162,6 +163,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ShipError> {
     let mut shipment = Shipment::start(settings, Stop::on(shutdown))?;
+    shipment.client.preflight().await?;
     let result = shipment.ship().await;
     shipment.progress.finish();
     result?;

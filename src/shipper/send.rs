@@ -20,7 +20,7 @@ use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
-use super::{ShipError, Stop};
+use super::{client, ShipError, Stop};
 use crate::auth::Secret;
 use crate::honeypots::formats::Format;
 
@@ -57,12 +57,15 @@ impl ServerUrl {
             return false;
         }
         match self.0.host_str() {
-            Some("localhost") => false,
+            Some("localhost" | "localhost.") => false,
             Some(host) => !host
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .parse::<IpAddr>()
-                .is_ok_and(|address| address.is_loopback()),
+                .is_ok_and(|address| {
+                    let address = address.to_canonical();
+                    address.is_loopback() || address.is_unspecified()
+                }),
             None => true,
         }
     }
@@ -107,33 +110,12 @@ pub struct RejectedLine {
     pub line: usize,
 }
 
-/// `builder` also trusting the certificate authorities in the PEM file at
-/// `ca_cert` (one or more certificates), beside the system's.
-pub fn trusting(
-    builder: reqwest::ClientBuilder,
-    ca_cert: Option<&Path>,
-) -> Result<reqwest::ClientBuilder, String> {
-    let Some(path) = ca_cert else {
-        return Ok(builder);
-    };
-    let pem = std::fs::read(path)
-        .map_err(|error| format!("cannot read --ca-cert {}: {error}", path.display()))?;
-    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|error| format!("--ca-cert {} is not PEM: {error}", path.display()))?;
-    if certificates.is_empty() {
-        return Err(format!("--ca-cert {} holds no certificate", path.display()));
-    }
-    Ok(certificates
-        .into_iter()
-        .fold(builder, |builder, certificate| {
-            builder.add_root_certificate(certificate)
-        }))
-}
-
 /// Posts batches for one honeypot.
 pub struct BulkClient {
     http: reqwest::Client,
     endpoint: Url,
+    /// `/healthz`, for [`Self::preflight`].
+    health: Url,
     /// Marked sensitive, so no debug output of the request shows it.
     key: HeaderValue,
 }
@@ -154,15 +136,31 @@ impl BulkClient {
             .user_agent(concat!("valhalla-ship/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120));
-        let http = trusting(builder, ca_cert)
-            .map_err(ShipError::Settings)?
-            .build()
-            .map_err(|error| ShipError::Settings(format!("the HTTP client: {error}")))?;
+        let http = client::build(builder, ca_cert).map_err(ShipError::Settings)?;
         Ok(Self {
             http,
             endpoint: server.bulk_endpoint(format),
+            health: server.endpoint("/healthz"),
             key,
         })
+    }
+
+    /// Reaches the server once without the key, so that a certificate it
+    /// will never accept stops the shipper at start rather than when the
+    /// honeypot first logs something, which may be hours later. Any other
+    /// failure only warns: the server may come later, and sending retries.
+    pub async fn preflight(&self) -> Result<(), ShipError> {
+        match self.http.get(self.health.clone()).send().await {
+            Ok(_) => Ok(()),
+            Err(error) => match client::tls_refusal(&error) {
+                Some(message) => Err(ShipError::Tls(message)),
+                None => {
+                    let reason = client::describe(&error.without_url());
+                    tracing::warn!(%reason, "the server is not reachable yet; shipping waits for it");
+                    Ok(())
+                }
+            },
+        }
     }
 
     async fn post(&self, body: &[u8]) -> Answer {
@@ -178,10 +176,10 @@ impl BulkClient {
             Ok(response) => classify(response).await,
             // Retrying cannot make an untrusted certificate trusted, and
             // backing off for a minute would hide the cause.
-            Err(error) => match tls_refusal(&error) {
+            Err(error) => match client::tls_refusal(&error) {
                 Some(message) => Answer::Fatal(ShipError::Tls(message)),
                 None => Answer::Retry {
-                    reason: describe(error),
+                    reason: client::describe(&error.without_url()),
                     after: None,
                 },
             },
@@ -217,6 +215,14 @@ async fn classify(response: reqwest::Response) -> Answer {
         };
     }
     match status {
+        status if status.is_redirection() => Answer::Fatal(ShipError::Refused {
+            status,
+            detail: format!(
+                "a redirect to {}, not followed because the key would go along; \
+                 put the final URL in --url",
+                location(&response)
+            ),
+        }),
         StatusCode::PAYLOAD_TOO_LARGE => Answer::TooLarge,
         StatusCode::TOO_MANY_REQUESTS => retry_later(status, &response),
         status if status.is_server_error() => retry_later(status, &response),
@@ -226,6 +232,18 @@ async fn classify(response: reqwest::Response) -> Answer {
             Answer::Fatal(ShipError::Refused { status, detail })
         }
     }
+}
+
+/// Where a redirect points, for the operator.
+pub fn location(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("nowhere given")
+        .chars()
+        .take(300)
+        .collect()
 }
 
 fn retry_later(status: StatusCode, response: &reqwest::Response) -> Answer {
@@ -249,57 +267,6 @@ async fn problem_detail(response: reqwest::Response) -> String {
         .and_then(|problem| problem["detail"].as_str().map(str::to_string))
         .unwrap_or_else(|| "no detail given".to_string());
     detail.chars().take(300).collect()
-}
-
-/// What to tell the operator when TLS itself failed (most often the
-/// server's certificate was refused) rather than the network; `None` for
-/// any other error.
-pub fn tls_refusal(error: &reqwest::Error) -> Option<String> {
-    is_tls_failure(error).then(|| {
-        format!(
-            "no TLS connection to the server: {}; check the URL's host name, and pass \
-             --ca-cert when the server's certificate comes from a private certificate authority",
-            describe_ref(error)
-        )
-    })
-}
-
-/// rustls's error travels inside `io::Error`s (two, nested, from the
-/// connector), whose `source()` skips what they wrap, so each cause is
-/// unwrapped too.
-fn is_tls_failure(error: &reqwest::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = cause {
-        let mut wrapped = Some(current);
-        while let Some(inner) = wrapped {
-            if inner.is::<rustls::Error>() {
-                return true;
-            }
-            wrapped = inner
-                .downcast_ref::<std::io::Error>()
-                .and_then(std::io::Error::get_ref)
-                .map(|inner| inner as &(dyn std::error::Error + 'static));
-        }
-        cause = current.source();
-    }
-    false
-}
-
-/// A transport error with its causes, which hold the useful part
-/// ("connection refused"); the key is in a header and never appears.
-fn describe(error: reqwest::Error) -> String {
-    describe_ref(&error.without_url())
-}
-
-fn describe_ref(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// How a batch's sending ended.
@@ -429,6 +396,9 @@ mod tests {
         assert!(!off_host("http://127.7.0.1:8080"));
         assert!(!off_host("http://[::1]:8080"));
         assert!(!off_host("http://localhost:8080"));
+        assert!(!off_host("http://localhost.:8080"));
+        assert!(!off_host("http://[::ffff:127.0.0.1]:8080"));
+        assert!(!off_host("http://0.0.0.0:8080"));
         assert!(!off_host("https://valhalla.example:8443"));
     }
 

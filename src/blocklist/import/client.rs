@@ -14,6 +14,7 @@ use tokio_util::io::ReaderStream;
 
 use crate::auth::Secret;
 use crate::error::{Error, Result};
+use crate::shipper::client as http_client;
 use crate::shipper::ServerUrl;
 
 /// Settings of `valhalla block import`.
@@ -132,10 +133,8 @@ async fn send_file(settings: &ImportSettings, format: FileFormat) -> Result<Impo
     let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(settings.timeout_seconds));
-    let client = crate::shipper::trusting(builder, settings.ca_cert.as_deref())
-        .map_err(Error::Command)?
-        .build()
-        .map_err(|error| Error::Command(format!("cannot build the HTTP client: {error}")))?;
+    let client =
+        http_client::build(builder, settings.ca_cert.as_deref()).map_err(Error::Command)?;
     let response = client
         .post(settings.url.endpoint(crate::http::IMPORT_PATH))
         .bearer_auth(settings.token.expose())
@@ -151,16 +150,24 @@ async fn send_file(settings: &ImportSettings, format: FileFormat) -> Result<Impo
     // file is still being sent; the client then sees only the broken
     // upload, not the answer, so say what that usually means.
     let response = response.map_err(|error| {
-        if let Some(message) = crate::shipper::tls_refusal(&error) {
+        if let Some(message) = http_client::tls_refusal(&error) {
             return Error::Command(message);
         }
         Error::Command(format!(
-            "the import failed: {error}; if the upload broke off early, the server refused \
+            "the import failed: {}; if the upload broke off early, the server refused \
              the request (check the token's role, --format and the file's first line) or \
-             its limits (--import-max-bytes, --import-timeout-seconds): its log says which"
+             its limits (--import-max-bytes, --import-timeout-seconds): its log says which",
+            http_client::describe(&error.without_url())
         ))
     })?;
     let status = response.status();
+    if status.is_redirection() {
+        return Err(Error::Command(format!(
+            "the server answered {status}, a redirect to {}, not followed because the token \
+             would go along: put the final URL in --url",
+            crate::shipper::location(&response)
+        )));
+    }
     let text = response
         .text()
         .await
