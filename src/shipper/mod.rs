@@ -53,7 +53,7 @@ pub struct ShipSettings {
     #[arg(long, env = "VALHALLA_SHIP_URL", value_parser = ServerUrl::parse)]
     pub url: ServerUrl,
 
-    /// A PEM file of certificate authorities to trust for https, beside the system's.
+    /// A PEM file of certificate authorities to trust for https, beside Mozilla's built-in roots.
     #[arg(long, env = "VALHALLA_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
 

@@ -2,9 +2,9 @@
 //!
 //! Honeypots usually sit in a DMZ or a cloud network, away from Valhalla,
 //! so the key and the attackers' telemetry must cross networks nobody
-//! trusts: the client speaks `https://` (rustls), trusting the system's
-//! certificate authorities and, with `--ca-cert`, a private one, as a
-//! TLS-terminating proxy in front of Valhalla usually has. Plain `http://`
+//! trusts: the client speaks `https://` (see `client.rs` for whom it
+//! trusts: `--ca-cert` adds the private authority that a TLS-terminating
+//! proxy in front of Valhalla often has a certificate from). Plain `http://`
 //! stays for the same host or a private network; to any other host it is
 //! allowed with a warning, since the key then crosses the network in clear.
 //!
@@ -156,7 +156,7 @@ impl BulkClient {
                 Some(message) => Err(ShipError::Tls(message)),
                 None => {
                     let reason = client::describe(&error.without_url());
-                    tracing::warn!(%reason, "the server is not reachable yet; shipping waits for it");
+                    tracing::warn!(%reason, "the server is not reachable yet; shipping waits");
                     Ok(())
                 }
             },
