@@ -104,6 +104,7 @@ impl Error {
             Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Error::Database(error) if is_transient(error) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Database(_) | Error::Internal(_) | Error::Command(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -123,6 +124,7 @@ impl Error {
             Error::RateLimited(_) => "rate-limited",
             Error::Unavailable(_) => "not-ready",
             Error::RequestTimeout(_) => "request-timeout",
+            Error::Database(error) if is_transient(error) => "not-ready",
             Error::Database(_) | Error::Internal(_) | Error::Command(_) => "internal-error",
         }
     }
@@ -145,10 +147,50 @@ impl Error {
             Error::RequestTimeout(seconds) => {
                 format!("the request was not finished within {seconds} s")
             }
+            Error::Database(error) if is_transient(error) => {
+                "the database is busy or out of reach for a moment; retry".to_string()
+            }
             Error::Database(_) | Error::Internal(_) | Error::Command(_) => {
                 "the server failed to handle this request; it has been logged".to_string()
             }
         }
+    }
+}
+
+/// True for database failures that say nothing about the request and pass
+/// by themselves: the pool or a lock had no room in time, the connection
+/// broke, the session was ended (PostgreSQL ends a transaction left idle,
+/// see `storage`), or PostgreSQL chose this transaction to undo a deadlock
+/// or a serialisation conflict. The transaction was rolled back, so the
+/// client may simply retry: 503 with `Retry-After`, not 500.
+fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(database) => {
+            let Some(code) = database.code() else {
+                return false;
+            };
+            if database
+                .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+                .is_some()
+            {
+                // Extended codes keep the primary one in the low byte:
+                // 5 busy and 6 locked, with their variants (261, 517, ...).
+                return code
+                    .parse::<u32>()
+                    .is_ok_and(|code| matches!(code & 0xff, 5 | 6));
+            }
+            // PostgreSQL's SQLSTATE: connection exceptions (08), the idle
+            // session ended (25P03), serialisation failure and deadlock
+            // (40001, 40P01), too many connections (53300), lock not
+            // available (55P03), server shutting down or starting (57P0x).
+            code.starts_with("08")
+                || matches!(
+                    code.as_ref(),
+                    "25P03" | "40001" | "40P01" | "53300" | "55P03" | "57P01" | "57P02" | "57P03"
+                )
+        }
+        _ => false,
     }
 }
 
@@ -169,9 +211,12 @@ impl IntoResponse for Error {
         let status = self.status();
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(error = %self, "request failed inside the server");
+        } else if matches!(self, Error::Database(_)) {
+            tracing::warn!(error = %self, "the database was busy or out of reach; answered 503");
         }
-        let retry_after = match self {
-            Error::RateLimited(seconds) => Some(HeaderValue::from(seconds)),
+        let retry_after = match &self {
+            Error::RateLimited(seconds) => Some(HeaderValue::from(*seconds)),
+            Error::Database(error) if is_transient(error) => Some(HeaderValue::from(1)),
             _ => None,
         };
         let problem = Problem {

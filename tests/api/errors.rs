@@ -519,3 +519,46 @@ backend_tests! {
         assert!(document["components"]["schemas"]["Problem"].is_object());
     }
 }
+
+/// A database that cannot take a write for a moment (here another process
+/// holds SQLite's write lock past the busy timeout) is no fault of the
+/// request: 503 with `Retry-After`, and the retry succeeds once it frees.
+#[tokio::test]
+async fn a_write_the_database_cannot_take_in_time_gets_503_with_retry_after() {
+    use sqlx::{Connection, Executor};
+
+    let app = crate::support::TestApp::start(crate::support::Backend::Sqlite).await;
+    let mut holder = sqlx::AnyConnection::connect(&app.database_url)
+        .await
+        .expect("a second connection to the file");
+    holder
+        .execute("BEGIN EXCLUSIVE")
+        .await
+        .expect("the write lock");
+
+    let busy = app
+        .block("ip", "198.51.100.77", json!({"reason": "lock test"}))
+        .await
+        .expect_problem(503);
+
+    assert_eq!(
+        busy.headers
+            .get("retry-after")
+            .map(|value| value.as_bytes()),
+        Some(&b"1"[..])
+    );
+    assert!(
+        !busy.text.contains("locked"),
+        "no driver text: {}",
+        busy.text
+    );
+    holder.execute("ROLLBACK").await.expect("the lock is freed");
+    holder.close().await.ok();
+    assert_eq!(
+        app.check_ip("198.51.100.77").await.body["blocked"],
+        json!(false)
+    );
+    app.block("ip", "198.51.100.77", json!({"reason": "lock test"}))
+        .await
+        .expect(201);
+}
