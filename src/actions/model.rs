@@ -50,6 +50,17 @@ pub enum ActionType {
 }
 
 impl ActionType {
+    /// What a principal must be allowed to do directly to approve or
+    /// execute this action: approving a change is making it.
+    pub fn capability(self) -> crate::auth::Capability {
+        use crate::auth::Capability;
+        match self {
+            ActionType::BlockEntity | ActionType::UnblockEntity => Capability::ManageBlocks,
+            // The mode is a field of the policy.
+            ActionType::SetMode | ActionType::UpdatePolicy => Capability::UpdatePolicy,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ActionType::BlockEntity => "block_entity",

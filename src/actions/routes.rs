@@ -59,6 +59,7 @@ async fn create_action_request(
     let now = state.clock.now();
     let policy = load_policy(state.db.reader()).await?;
     let new_request = NewActionRequest {
+        auto_approvable: store::auto_approvable(principal.role, body.action_type),
         source,
         action_type: body.action_type,
         payload: parse_payload(body.action_type, body.payload, &policy.settings, now)?,
@@ -199,7 +200,7 @@ pub struct TransitionBody {
     request_body = TransitionBody,
     responses(
         (status = 200, body = ActionRequest),
-        (status = 403, description = "four-eyes: the requester may not approve"),
+        (status = 403, description = "four-eyes, or a policy change by a role that may not make it"),
         (status = 404), (status = 409, description = "not allowed from the current status")),
     security(("bearer" = [])))]
 async fn transition_action_request(
@@ -215,6 +216,7 @@ async fn transition_action_request(
     let request = match body.status {
         ActionStatus::Approved => {
             let mut tx = state.db.begin().await?;
+            enforce_capability(&mut tx, id, &principal).await?;
             enforce_four_eyes(&mut tx, id, &principal).await?;
             let approved = store::approve(&mut tx, now, id, &principal.name, notes).await?;
             tx.commit().await?;
@@ -227,6 +229,9 @@ async fn transition_action_request(
             rejected
         }
         ActionStatus::Executed => {
+            let mut tx = state.db.begin().await?;
+            enforce_capability(&mut tx, id, &principal).await?;
+            tx.rollback().await?;
             let (index, policy) = (&state.blocklist, &state.policy);
             execute_action_request(&state.db, index, policy, now, id, &principal.name, notes)
                 .await?
@@ -242,6 +247,26 @@ async fn transition_action_request(
     };
 
     Ok(Json(request))
+}
+
+/// Approving or executing a request makes its change, so it takes the
+/// capability the change itself takes: an analyst approves blocks, not
+/// policy changes (the mode included), which are the policy owner's.
+async fn enforce_capability(
+    tx: &mut crate::storage::Tx,
+    id: i64,
+    principal: &Principal,
+) -> Result<()> {
+    let request = store::find_action_request(&mut **tx, id).await?;
+    principal
+        .require(request.action_type.capability())
+        .map_err(|_| {
+            Error::Forbidden(format!(
+                "a {} request changes the policy; only a policy_owner or admin may approve or \
+                 execute it",
+                request.action_type.as_str()
+            ))
+        })
 }
 
 /// With `require_distinct_approver`, the requester may not approve.

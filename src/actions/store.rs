@@ -21,6 +21,9 @@ use crate::time::Timestamp;
 /// A request to file, with its payload already parsed.
 #[derive(Debug, Clone)]
 pub struct NewActionRequest {
+    /// Whether the policy's `auto_approve` may apply to it: see
+    /// [`auto_approvable`].
+    pub auto_approvable: bool,
     pub source: Source,
     pub action_type: ActionType,
     pub payload: ActionPayload,
@@ -30,6 +33,18 @@ pub struct NewActionRequest {
 
 /// Who approves requests that the policy lets skip human approval.
 pub const AUTO_APPROVER: &str = "policy:auto_approve";
+
+/// Whether a request filed by a principal of `role` may be approved by the
+/// policy instead of a person. Auto-approval exists so that detectors'
+/// blocks take effect at once under attack; it never lets a principal do
+/// more than its role could do directly otherwise. Without this, a detector
+/// token in elevated mode could rewrite the policy (turn off four-eyes,
+/// allowlist everything) or lift blocks with no human involved. The
+/// server's own requests (the engine's blocks, escalation's mode changes)
+/// are always auto-approvable.
+pub fn auto_approvable(role: crate::auth::Role, action_type: ActionType) -> bool {
+    action_type == ActionType::BlockEntity || role.allows(action_type.capability())
+}
 
 /// Files a request. If the policy auto-approves its source in the current
 /// mode, it is approved and executed at once and returned in its final state.
@@ -69,11 +84,12 @@ pub async fn file_in_transaction(
 ) -> Result<FiledRequest> {
     let policy = load_policy(&mut **tx).await?;
     let mode = policy.settings.mode;
-    let auto_approved = policy
-        .settings
-        .auto_approve
-        .for_mode(mode)
-        .contains(&new.source);
+    let auto_approved = new.auto_approvable
+        && policy
+            .settings
+            .auto_approve
+            .for_mode(mode)
+            .contains(&new.source);
     let mut request = insert_action_request(tx, now, new).await?;
     if auto_approved {
         request = approve(

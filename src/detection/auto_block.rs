@@ -82,6 +82,7 @@ pub async fn consider(
         ),
     };
     let request = NewActionRequest {
+        auto_approvable: true,
         source: Source::Heimdall,
         action_type: crate::actions::ActionType::BlockEntity,
         payload: ActionPayload::BlockEntity {

@@ -139,6 +139,7 @@ async fn file_mode_request(
     reason: String,
 ) -> Result<FiledRequest> {
     let request = NewActionRequest {
+        auto_approvable: true,
         source: Source::System,
         action_type: ActionType::SetMode,
         payload: ActionPayload::SetMode(mode),

@@ -1210,6 +1210,84 @@ backend_tests! {
         assert!(blocks_of(&app, "198.51.100.21", true).await.is_empty());
     }
 
+    async fn auto_approval_never_lets_a_detector_change_the_policy_or_lift_a_block(app: TestApp) {
+        app.update_policy(json!({"mode": "elevated"})).await.expect(200);
+        let detector = app.token("sensor-1", "detector").await;
+        let block = app
+            .block("ip", "198.51.100.30", json!({"reason": "seen"}))
+            .await
+            .expect(201)
+            .id();
+        let before = app.admin_get("/security/policy/").await.expect(200).body;
+
+        let rewrite = file(
+            &app,
+            &detector,
+            "update_policy",
+            json!({"require_distinct_approver": false, "allowlist": ["0.0.0.0/0"]}),
+        )
+        .await
+        .expect(201);
+        let unblock = file(&app, &detector, "unblock_entity", json!({"block_id": block}))
+            .await
+            .expect(201);
+        let calm = file(&app, &detector, "set_mode", json!({"mode": "normal"}))
+            .await
+            .expect(201);
+        let blocked = file(
+            &app,
+            &detector,
+            "block_entity",
+            json!({"entity_type": "ip", "value": "198.51.100.31"}),
+        )
+        .await
+        .expect(201);
+
+        for filed in [&rewrite, &unblock, &calm] {
+            assert_eq!(filed.body["status"], "pending", "{}", filed.text);
+        }
+        assert_eq!(blocked.body["status"], "executed", "{}", blocked.text);
+        let after = app.admin_get("/security/policy/").await.expect(200).body;
+        assert_eq!(after["version"], before["version"]);
+        assert_eq!(app.check_ip("198.51.100.30").await.body["blocked"], json!(true));
+    }
+
+    async fn only_policy_roles_approve_or_execute_a_policy_change(app: TestApp) {
+        let (analyst, owner) = (
+            app.token("alice", "analyst").await,
+            app.token("tyr", "policy_owner").await,
+        );
+        let second_owner = app.token("tyr-2", "policy_owner").await;
+        let filed = file(&app, &analyst, "update_policy", json!({"deescalation_cooldown_seconds": 60}))
+            .await
+            .expect(201)
+            .id();
+        let mode = file(&app, &analyst, "set_mode", json!({"mode": "lockdown"}))
+            .await
+            .expect(201)
+            .id();
+        let other_analyst = app.token("bob", "analyst").await;
+
+        for id in [filed, mode] {
+            let refused = move_to(&app, &other_analyst, id, "approved")
+                .await
+                .expect_problem(403);
+            assert!(refused.text.contains("policy_owner"), "{}", refused.text);
+            assert_eq!(fetch(&app, id).await["status"], "pending");
+        }
+        move_to(&app, &owner, filed, "approved").await.expect(200);
+        move_to(&app, &other_analyst, filed, "executed")
+            .await
+            .expect_problem(403);
+        assert_eq!(fetch(&app, filed).await["status"], "approved");
+        let executed = move_to(&app, &second_owner, filed, "executed").await.expect(200);
+
+        assert_eq!(executed.body["status"], "executed", "{}", executed.text);
+        let policy = app.admin_get("/security/policy/").await.expect(200).body;
+        assert_eq!(policy["deescalation_cooldown_seconds"], 60);
+        assert_eq!(policy["mode"], "normal");
+    }
+
     async fn in_elevated_mode_heimdall_is_auto_approved_by_default(app: TestApp) {
         let detector = app.token("sensor-1", "detector").await;
         let analyst = app.token("alice", "analyst").await;
@@ -1243,19 +1321,14 @@ backend_tests! {
     }
 
     async fn an_auto_approved_request_that_cannot_be_applied_comes_back_failed(app: TestApp) {
-        app.update_policy(json!({"mode": "elevated"}))
+        app.update_policy(json!({"auto_approve": {"normal": ["tyr"]}}))
             .await
             .expect(200);
-        let detector = app.token("sensor-1", "detector").await;
+        let owner = app.token("tyr", "policy_owner").await;
 
-        let reply = file(
-            &app,
-            &detector,
-            "unblock_entity",
-            json!({"block_id": 999_999}),
-        )
-        .await
-        .expect(201);
+        let reply = file(&app, &owner, "unblock_entity", json!({"block_id": 999_999}))
+            .await
+            .expect(201);
 
         assert_eq!(reply.body["status"], "failed", "{}", reply.text);
         assert!(reply.body["error"].is_string(), "{}", reply.text);
