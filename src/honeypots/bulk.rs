@@ -19,7 +19,7 @@ use super::formats::{map_record, Format, Mapped};
 use super::key::AuthenticatedHoneypot;
 use super::writer::PendingEvent;
 use crate::error::{Error, Result};
-use crate::http::{media_type, path_of_nul, read_body, ApiQuery, RejectedLine, NUL_REFUSED};
+use crate::http::{media_type, read_body, replace_nul, ApiQuery, RejectedLine};
 use crate::server::AppState;
 use crate::time::Timestamp;
 
@@ -117,7 +117,8 @@ pub fn parse_batch(
     let mut events = Vec::new();
     let mut report = BulkReport::default();
     for (line, record) in split_records(body)? {
-        let mapped = record.and_then(refuse_nul).and_then(|(bytes, value)| {
+        let mapped = record.and_then(|(bytes, mut value)| {
+            replace_nul(&mut value);
             map_record(format, value, now)
                 .map(|mapped| (fingerprint(format.as_str(), &bytes), mapped))
         });
@@ -134,19 +135,6 @@ pub fn parse_batch(
 }
 
 type Record = std::result::Result<(Vec<u8>, serde_json::Value), String>;
-
-/// PostgreSQL cannot store U+0000 in text: a record holding one is rejected
-/// alone, as a single POST would be, instead of failing the group commit it
-/// would join (and every other upload in that group with it).
-fn refuse_nul(
-    (bytes, value): (Vec<u8>, serde_json::Value),
-) -> std::result::Result<(Vec<u8>, serde_json::Value), String> {
-    match path_of_nul(&value) {
-        Some(path) if path.is_empty() => Err(format!("the record {NUL_REFUSED}")),
-        Some(path) => Err(format!("{path}: {NUL_REFUSED}")),
-        None => Ok((bytes, value)),
-    }
-}
 
 /// `(line number, record bytes and value or why not)` for each record.
 fn split_records(body: &[u8]) -> Result<Vec<(usize, Record)>> {

@@ -18,7 +18,7 @@ use crate::auth::{Capability, Principal, Secret};
 use crate::blocklist::entity::parse_ip;
 use crate::detection::ThreatLevel;
 use crate::error::{Error, Result};
-use crate::http::{address_filter, fetch_page, ApiJson, ApiQuery, Page, PageRequest};
+use crate::http::{address_filter, fetch_page, ApiQuery, Page, PageRequest, TelemetryJson};
 use crate::server::AppState;
 use crate::storage::{self, query::Param, Filter};
 use crate::time::Timestamp;
@@ -232,7 +232,7 @@ async fn submit_event(
     State(state): State<AppState>,
     honeypot: AuthenticatedHoneypot,
     headers: HeaderMap,
-    ApiJson(submission): ApiJson<EventSubmission>,
+    TelemetryJson(submission): TelemetryJson<EventSubmission>,
 ) -> Result<(StatusCode, Json<HoneypotEvent>)> {
     let now = state.clock.now();
     let fingerprint = idempotency_key(&headers)?.map(key_fingerprint);

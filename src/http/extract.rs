@@ -20,6 +20,11 @@ pub struct ApiJson<T>(pub T);
 #[derive(Debug)]
 pub struct OptionalJson<T>(pub Option<T>);
 
+/// Attack telemetry as a JSON body: as [`ApiJson`], except that NUL
+/// characters are kept as U+FFFD instead of refused (see [`replace_nul`]).
+#[derive(Debug)]
+pub struct TelemetryJson<T>(pub T);
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = Error;
 
@@ -42,6 +47,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
         }
         require_json?;
         Ok(OptionalJson(parse_json::<Option<T>>(&bytes)?))
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for TelemetryJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self> {
+        let require_json = ensure_json_media_type(request.headers());
+        let bytes = read_body(request, state).await?;
+        require_json?;
+        let mut value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|error| Error::BadRequest(format!("malformed JSON: {error}")))?;
+        replace_nul(&mut value);
+        Ok(TelemetryJson(deserialize_value(value)?))
     }
 }
 
@@ -226,5 +245,38 @@ pub async fn refuse_encoded_bodies(request: Request, next: Next) -> Response {
                 .to_string(),
         )
         .into_response(),
+    }
+}
+
+/// Replaces every NUL (U+0000) in `value`'s strings and keys with U+FFFD;
+/// true when there was one. What a honeypot reports is what attackers
+/// typed, theirs to choose: refusing such an event, as other bodies are
+/// refused, would let an attacker who adds a NUL to every login attempt go
+/// unseen, uncounted and never blocked. PostgreSQL cannot store U+0000 in
+/// text, so the event is kept with the replacement on both backends.
+pub fn replace_nul(value: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(text) if text.contains('\0') => {
+            *text = text.replace('\0', "\u{fffd}");
+            true
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |found, item| replace_nul(item) | found),
+        Value::Object(members) => {
+            let mut found = false;
+            if members.keys().any(|key| key.contains('\0')) {
+                let renamed = std::mem::take(members)
+                    .into_iter()
+                    .map(|(key, member)| (key.replace('\0', "\u{fffd}"), member));
+                *members = renamed.collect();
+                found = true;
+            }
+            members
+                .values_mut()
+                .fold(found, |found, member| replace_nul(member) | found)
+        }
+        _ => false,
     }
 }

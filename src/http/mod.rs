@@ -11,7 +11,8 @@ mod serve;
 pub use deadline::{enforce_deadline, Deadlines, IMPORT_PATH};
 pub use extract::{
     address_filter, deserialize_value, media_type, parse_json, path_of_nul, read_body,
-    refuse_encoded_bodies, ApiJson, ApiPath, ApiQuery, OptionalJson, NUL_REFUSED,
+    refuse_encoded_bodies, replace_nul, ApiJson, ApiPath, ApiQuery, OptionalJson, TelemetryJson,
+    NUL_REFUSED,
 };
 pub use logging::log_request;
 pub use page::{fetch_page, Page, PageRequest};

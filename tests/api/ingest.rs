@@ -307,6 +307,29 @@ backend_tests! {
         assert_eq!(sources, ["198.51.100.21", "203.0.113.21"]);
     }
 
+    async fn an_attacker_cannot_hide_an_event_behind_a_nul_character(app: TestApp) {
+        let (honeypot_id, key) = app.honeypot("hp-nul", "ssh").await;
+        let line = r#"{"eventid":"cowrie.login.failed","username":"ro\u0000ot","password":"ab\u0000cd","session":"0a0b0c0d","src_ip":"203.0.113.44","timestamp":"2026-01-10T08:00:00.000000Z","message":"login attempt"}"#;
+        let single = json!({"event_type": "auth_attempt", "source_ip": "203.0.113.44",
+                            "username": "\u{0}admin", "payload": {"typed\u{0}": "x\u{0}"}});
+
+        let bulk = app.post_bulk(&key, "cowrie", format!("{line}\n")).await.expect(200);
+        app.post_event(&key, single).await.expect(201);
+
+        assert_eq!(bulk.body["accepted"], 1, "{}", bulk.text);
+        assert_eq!(rejected_count(&bulk), 0, "{}", bulk.text);
+        let events = events_of(&app, &format!("honeypot_id={honeypot_id}")).await;
+        assert_eq!(events.len(), 2, "{events:?}");
+        let mut usernames: Vec<&str> =
+            events.iter().filter_map(|event| event["username"].as_str()).collect();
+        usernames.sort();
+        assert_eq!(usernames, ["ro\u{fffd}ot", "\u{fffd}admin"]);
+        let stored = events.iter().find(|event| event["payload"]["eventid"].is_string());
+        assert_eq!(stored.expect("the Cowrie event")["payload"]["password"], "ab\u{fffd}cd");
+        let single = events.iter().find(|event| event["username"] == "\u{fffd}admin");
+        assert_eq!(single.expect("the single event")["payload"]["typed\u{fffd}"], "x\u{fffd}");
+    }
+
     async fn a_bad_line_is_reported_with_its_number_and_never_stops_the_rest(app: TestApp) {
         let (_, key) = app.honeypot("hp-1", "ssh").await;
         let good = |ip: &str| {
