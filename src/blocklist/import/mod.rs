@@ -31,11 +31,13 @@ use crate::server::AppState;
 use crate::time::Timestamp;
 
 /// Lines a transaction takes. Each commit writes every index page the
-/// batch touched, and new blocks land on random pages of the indexes on
-/// `(entity_type, value)`: measured on SQLite at a million blocks, batches
-/// of 5,000 took three times as long as batches of 100,000. 20,000 keeps
-/// most of that gain while holding the writer for a fraction of a second.
-const BATCH_LINES: usize = 20_000;
+/// batch touched, and new blocks land on random pages of the index on
+/// `(entity_type, value)`, so the pages written per line fall as batches
+/// grow. Measured on SQLite at a million lines (BENCHMARKS.md), batches of
+/// 100,000 took 10-12 s against 13-16 s for 20,000, at the price of about
+/// 200 MiB more peak memory and of holding the writer (on PostgreSQL, the
+/// change sequence's row) for about a second a batch instead of a fifth.
+const BATCH_LINES: usize = 100_000;
 
 /// How much of a chunk is split before the batch is looked at again.
 const SLICE_BYTES: usize = 64 * 1024;
