@@ -252,8 +252,8 @@ backend_tests! {
     }
 
     async fn duplicates_across_batches_count_once_and_every_batch_is_logged(app: TestApp) {
-        // Three batches of the import's 100,000 lines, as CSV to stay
-        // within the test server's 8 MiB.
+        // Three batches or more: SQLite takes 100,000 lines a batch,
+        // PostgreSQL 20,000. As CSV to stay within the test server's 8 MiB.
         let mut lines = vec!["entity_type,value,reason,duration_seconds".to_string()];
         lines.extend((0..205_000).map(|n| {
             format!("ip,10.{}.{}.{},many,60", n / 65536 + 1, (n / 256) % 256, n % 256)
@@ -268,7 +268,9 @@ backend_tests! {
         assert_eq!(first["reason"], json!("many"));
         let audit = app.admin_get("/security/audit?kind=blocks.imported").await.expect(200);
         let entries = audit.items();
-        assert_eq!(entries.len(), 3, "{}", audit.text);
+        // A batch ends at the first 64 KiB slice that fills it, so its
+        // size is only about the backend's batch size.
+        assert!(entries.len() >= 3, "{}", audit.text);
         let created: u64 = entries
             .iter()
             .map(|entry| entry["new_value"]["created"].as_u64().expect("created"))
