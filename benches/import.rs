@@ -179,7 +179,13 @@ async fn databases(backend: &str, dir: &tempfile::TempDir) -> Option<(String, St
             let mut connection = AnyConnection::connect(&admin).await.ok()?;
             let (base, _) = admin.rsplit_once('/')?;
             let mut urls = Vec::new();
-            for name in ["bench_import_server", "bench_import_baseline"] {
+            // Named after this process, so runs that share the server (other
+            // worktrees, other benches) never drop each other's databases.
+            let pid = std::process::id();
+            for name in [
+                format!("bench_import_server_{pid}"),
+                format!("bench_import_baseline_{pid}"),
+            ] {
                 let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
                 connection.execute(sql.as_str()).await.ok()?;
                 connection
@@ -194,6 +200,23 @@ async fn databases(backend: &str, dir: &tempfile::TempDir) -> Option<(String, St
     }
 }
 
+/// Drops the two databases `databases` made on PostgreSQL.
+async fn drop_postgres_databases() {
+    let admin = std::env::var("VALHALLA_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let Ok(mut connection) = AnyConnection::connect(&admin).await else {
+        return;
+    };
+    let pid = std::process::id();
+    for name in ["bench_import_server", "bench_import_baseline"] {
+        let sql = format!("DROP DATABASE IF EXISTS {name}_{pid} WITH (FORCE)");
+        if let Err(error) = connection.execute(sql.as_str()).await {
+            eprintln!("could not drop {name}_{pid}: {error}");
+        }
+    }
+    connection.close().await.ok();
+}
+
 async fn measure_backend(backend: &'static str, file: &str) -> Option<Figures> {
     let dir = tempfile::tempdir().unwrap();
     let (server_url, baseline_url) = databases(backend, &dir).await?;
@@ -206,6 +229,10 @@ async fn measure_backend(backend: &'static str, file: &str) -> Option<Figures> {
     let now_millis = chrono::Utc::now().timestamp_millis();
     let rows = baseline_rows(file, now_millis);
     let baseline_rows_per_second = measure_baseline(&baseline_url, &rows, now_millis).await;
+
+    if backend == "postgres" {
+        drop_postgres_databases().await;
+    }
 
     let count = |field: &str| report[field].as_u64().unwrap_or(0);
     Some(Figures {

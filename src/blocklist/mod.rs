@@ -20,5 +20,5 @@ pub use routes::{parse_reason, router};
 pub use shared::{BlockChanges, SharedIndex};
 pub use store::{
     block_entity, deactivate_allowlisted, deactivate_block, expire_due_blocks, find_live_block,
-    resolve_expiry,
+    resolve_expiry, LIVE_ENTITY,
 };

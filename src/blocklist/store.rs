@@ -12,6 +12,11 @@ use crate::policy::load_policy;
 use crate::storage::Tx;
 use crate::time::Timestamp;
 
+/// The conflict target of a new block: the unique index `blocks_entity_live`
+/// (migration 0008), whose last key is 0 for a live block and NULL for an
+/// ended one, so only two live blocks of one entity collide.
+pub const LIVE_ENTITY: &str = "(entity_type, value, (CASE WHEN deactivated_at IS NULL THEN 0 END))";
+
 /// Turns `duration_seconds` or `expires_at` (at most one) into an expiry.
 pub fn resolve_expiry(
     now: Timestamp,
@@ -120,7 +125,7 @@ async fn insert_block(
         "INSERT INTO blocks (entity_type, value, family, range_start, range_end, reason, source, \
              created_by, action_request_id, created_at, expires_at, created_seq, changed_seq) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
-         ON CONFLICT (entity_type, value) WHERE deactivated_at IS NULL DO NOTHING \
+         ON CONFLICT {LIVE_ENTITY} DO NOTHING \
          RETURNING {BLOCK_COLUMNS}"
     );
     let row = sqlx::query(&sql)

@@ -56,6 +56,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0007_events_by_position.sql"),
         postgres: include_str!("../../migrations/postgres/0007_events_by_position.sql"),
     },
+    Migration {
+        version: 8,
+        name: "blocks_entity_index",
+        sqlite: include_str!("../../migrations/sqlite/0008_blocks_entity_index.sql"),
+        postgres: include_str!("../../migrations/postgres/0008_blocks_entity_index.sql"),
+    },
 ];
 
 /// Any number larger than zero that other applications are unlikely to use
@@ -213,6 +219,150 @@ mod tests {
             0
         );
         assert_eq!(count(&db, "SELECT last_id FROM event_sequence").await, 0);
+    }
+
+    /// A scratch database on `backend`, with what to drop afterwards on
+    /// PostgreSQL (a database of a random name on the tests' server).
+    async fn scratch_database(
+        backend: Backend,
+        dir: &tempfile::TempDir,
+    ) -> (String, Option<String>) {
+        if backend == Backend::Sqlite {
+            return (
+                format!("sqlite://{}", dir.path().join("scratch.db").display()),
+                None,
+            );
+        }
+        let admin = std::env::var("VALHALLA_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+        let name = format!(
+            "valhalla_migration_{}",
+            &crate::auth::Secret::generate("").expose()[..12].to_lowercase()
+        );
+        let admin_db = Db::connect(&admin).await.expect("PostgreSQL for the tests");
+        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+            .execute(admin_db.writer())
+            .await
+            .unwrap();
+        admin_db.close().await;
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        (format!("{base}/{name}"), Some(name))
+    }
+
+    async fn drop_database(name: &str) {
+        let admin = std::env::var("VALHALLA_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+        let admin_db = Db::connect(&admin).await.unwrap();
+        sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(admin_db.writer())
+            .await
+            .unwrap();
+        admin_db.close().await;
+    }
+
+    /// `(id, value, expires_at, deactivated_at)`: 1 live, 2 ended by hand
+    /// and 3 live again for the same address, 4 expired but not swept, 5
+    /// swept at its expiry.
+    const BLOCKS_BEFORE_8: &[(i64, &str, Option<i64>, Option<i64>)] = &[
+        (1, "192.0.2.1", None, None),
+        (2, "192.0.2.2", Some(9_000), Some(5_000)),
+        (3, "192.0.2.2", None, None),
+        (4, "192.0.2.4", Some(1_000), None),
+        (5, "192.0.2.5", Some(2_000), Some(2_000)),
+    ];
+
+    async fn insert_block(db: &Db, id: i64, value: &str) -> sqlx::Result<u64> {
+        let sql = format!(
+            "INSERT INTO blocks (id, entity_type, value, reason, source, created_by, \
+                 created_at) \
+             VALUES ($1, 'ip', $2, 'test', 'manual', 'test', 0) \
+             ON CONFLICT {} DO NOTHING",
+            crate::blocklist::LIVE_ENTITY
+        );
+        let done = sqlx::query(&sql)
+            .bind(id)
+            .bind(value)
+            .execute(db.writer())
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Blocks written before migration 8 keep their rows, and its one index
+    /// by entity still allows one live block per entity and any number of
+    /// ended ones.
+    async fn entity_index_keeps_one_live_block_per_entity(backend: Backend) {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, scratch) = scratch_database(backend, &dir).await;
+        // A failed check still drops the database.
+        let checked = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+            check_entity_index(url),
+        ))
+        .await;
+        if let Some(name) = scratch {
+            drop_database(&name).await;
+        }
+        if let Err(failed) = checked {
+            std::panic::resume_unwind(failed);
+        }
+    }
+
+    async fn check_entity_index(url: String) {
+        let db = Db::connect(&url).await.unwrap();
+        let before = MIGRATIONS.iter().position(|m| m.version == 8).unwrap();
+        apply(&db, &MIGRATIONS[..before]).await.unwrap();
+        for (id, value, expires_at, deactivated_at) in BLOCKS_BEFORE_8 {
+            sqlx::query(
+                "INSERT INTO blocks (id, entity_type, value, reason, source, created_by, \
+                     created_at, expires_at, deactivated_at) \
+                 VALUES ($1, 'ip', $2, 'test', 'manual', 'test', 0, $3, $4)",
+            )
+            .bind(id)
+            .bind(value)
+            .bind(expires_at)
+            .bind(deactivated_at)
+            .execute(db.writer())
+            .await
+            .unwrap();
+        }
+
+        run(&db).await.unwrap();
+
+        assert_eq!(count(&db, "SELECT COUNT(*) FROM blocks").await, 5);
+        // Live, whether expired or not: a second one is refused.
+        for (id, value) in [(10, "192.0.2.1"), (11, "192.0.2.2"), (12, "192.0.2.4")] {
+            assert_eq!(insert_block(&db, id, value).await.unwrap(), 0, "{value}");
+        }
+        // Only ended blocks: a new live one is taken, and ending it leaves
+        // two ended blocks of one entity side by side.
+        assert_eq!(insert_block(&db, 6, "192.0.2.5").await.unwrap(), 1);
+        sqlx::query("UPDATE blocks SET deactivated_at = 3000 WHERE id = 6")
+            .execute(db.writer())
+            .await
+            .unwrap();
+        assert_eq!(insert_block(&db, 7, "192.0.2.5").await.unwrap(), 1);
+        // Without a conflict target, the index itself refuses a second
+        // live block.
+        let plain = sqlx::query(
+            "INSERT INTO blocks (id, entity_type, value, reason, source, created_by, \
+                 created_at) \
+             VALUES (13, 'ip', '192.0.2.5', 'test', 'manual', 'test', 0)",
+        )
+        .execute(db.writer())
+        .await
+        .unwrap_err();
+        assert!(super::super::is_unique_violation(&plain), "{plain}");
+
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn entity_index_keeps_one_live_block_per_entity_on_sqlite() {
+        entity_index_keeps_one_live_block_per_entity(Backend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn entity_index_keeps_one_live_block_per_entity_on_postgres() {
+        entity_index_keeps_one_live_block_per_entity(Backend::Postgres).await;
     }
 
     #[tokio::test]

@@ -252,33 +252,30 @@ backend_tests! {
     }
 
     async fn duplicates_across_batches_count_once_and_every_batch_is_logged(app: TestApp) {
-        let mut lines: Vec<String> = (0..45_000)
-            .map(|n| {
-                json!({"entity_type": "ip", "value": format!("10.{}.{}.{}", n / 65536 + 1,
-                       (n / 256) % 256, n % 256), "reason": "many", "duration_seconds": 60})
-                .to_string()
-            })
-            .collect();
-        lines.push(
-            json!({"entity_type": "ip", "value": "10.1.0.0", "reason": "again",
-                   "duration_seconds": 120})
-            .to_string(),
-        );
+        // Three batches or more: SQLite takes 100,000 lines a batch,
+        // PostgreSQL 20,000. As CSV to stay within the test server's 8 MiB.
+        let mut lines = vec!["entity_type,value,reason,duration_seconds".to_string()];
+        lines.extend((0..205_000).map(|n| {
+            format!("ip,10.{}.{}.{},many,60", n / 65536 + 1, (n / 256) % 256, n % 256)
+        }));
+        lines.push("ip,10.1.0.0,again,120".to_string());
 
-        let report = import(&app, NDJSON, &lines.join("\n")).await;
+        let report = import(&app, CSV, &lines.join("\n")).await;
 
-        assert_eq!(counts(&report), [45_000, 1, 0, 0], "{report}");
+        assert_eq!(counts(&report), [205_000, 1, 0, 0], "{report}");
         let first = active_block(&app, "ip", "10.1.0.0").await;
         assert_eq!(seconds_left(&app, &first), 120);
         assert_eq!(first["reason"], json!("many"));
         let audit = app.admin_get("/security/audit?kind=blocks.imported").await.expect(200);
         let entries = audit.items();
-        assert_eq!(entries.len(), 3, "{}", audit.text);
+        // A batch ends at the first 64 KiB slice that fills it, so its
+        // size is only about the backend's batch size.
+        assert!(entries.len() >= 3, "{}", audit.text);
         let created: u64 = entries
             .iter()
             .map(|entry| entry["new_value"]["created"].as_u64().expect("created"))
             .sum();
-        assert_eq!(created, 45_000);
+        assert_eq!(created, 205_000);
     }
 
     async fn an_expired_block_not_yet_swept_is_retired_and_a_new_one_created(app: TestApp) {

@@ -25,6 +25,7 @@ use crate::blocklist::changes::{self, ChangeKind, LoggedChange};
 use crate::blocklist::entity::{range_key, Entity, EntityType, Network};
 use crate::blocklist::shared::{BlockChanges, SharedIndex};
 use crate::blocklist::store::retire_expired_block;
+use crate::blocklist::LIVE_ENTITY;
 use crate::error::Result;
 use crate::http::RejectedLine;
 use crate::policy::load_policy;
@@ -329,7 +330,7 @@ async fn insert_blocks(
              CAST(batch.item ->> 6 AS BIGINT), $2, $3, $4, $5, $5 \
          FROM {} \
          WHERE true \
-         ON CONFLICT (entity_type, value) WHERE deactivated_at IS NULL DO NOTHING",
+         ON CONFLICT {LIVE_ENTITY} DO NOTHING",
         storage::json_array_rows(backend)
     );
     // On PostgreSQL the statement's own rows are aggregated by the same

@@ -28,14 +28,23 @@ use crate::auth::{Capability, Principal};
 use crate::error::{Error, Result};
 use crate::http::{media_type, RejectedLine};
 use crate::server::AppState;
+use crate::storage::Backend;
 use crate::time::Timestamp;
 
-/// Lines a transaction takes. Each commit writes every index page the
-/// batch touched, and new blocks land on random pages of the indexes on
-/// `(entity_type, value)`: measured on SQLite at a million blocks, batches
-/// of 5,000 took three times as long as batches of 100,000. 20,000 keeps
-/// most of that gain while holding the writer for a fraction of a second.
-const BATCH_LINES: usize = 20_000;
+/// Lines a transaction takes, by backend. On SQLite each commit writes
+/// every index page the batch touched, and new blocks land on random pages
+/// of the index on `(entity_type, value)`, so the pages written per line
+/// fall as batches grow: at a million lines (BENCHMARKS.md) batches of
+/// 100,000 took 10-13 s against 13-16 s for 20,000, for about 200 MiB more
+/// peak memory and the writer held about a second a batch. PostgreSQL
+/// gained nothing from larger batches, and there a batch holds the change
+/// sequence's row, which every replica's block writes wait for.
+fn batch_lines(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 100_000,
+        Backend::Postgres => 20_000,
+    }
+}
 
 /// How much of a chunk is split before the batch is looked at again.
 const SLICE_BYTES: usize = 64 * 1024;
@@ -177,6 +186,8 @@ struct Import<'a> {
     /// Full batches, to the writer; one may wait while another is written.
     full: mpsc::Sender<ParsedBatch>,
     writer: tokio::task::JoinHandle<Result<ImportReport>>,
+    /// Lines a batch takes on this database.
+    batch_lines: usize,
 }
 
 /// The lines parsed since the last batch was handed over.
@@ -209,17 +220,19 @@ impl<'a> Import<'a> {
     fn start(state: &'a AppState, importer: Importer, format: ImportFormat) -> Self {
         let (full, batches) = mpsc::channel(1);
         let writer = tokio::spawn(write_batches(state.clone(), importer, batches));
+        let batch_lines = batch_lines(state.db.backend());
         Self {
             state,
             splitter: RecordSplitter::new(format),
             batch: Batch {
                 parser: LineParser::new(format),
-                lines: Vec::with_capacity(BATCH_LINES),
+                lines: Vec::with_capacity(batch_lines),
                 rejected: Vec::new(),
                 failure: None,
             },
             full,
             writer,
+            batch_lines,
         }
     }
 
@@ -237,7 +250,7 @@ impl<'a> Import<'a> {
                 return Err(error);
             }
 
-            if batch.lines.len() >= BATCH_LINES {
+            if batch.lines.len() >= self.batch_lines {
                 self.hand_over().await?;
             }
         }
@@ -262,7 +275,8 @@ impl<'a> Import<'a> {
     /// still being written. A writer that stopped has failed: its error
     /// is the answer.
     async fn hand_over(&mut self) -> Result<()> {
-        let lines = std::mem::replace(&mut self.batch.lines, Vec::with_capacity(BATCH_LINES));
+        let fresh = Vec::with_capacity(self.batch_lines);
+        let lines = std::mem::replace(&mut self.batch.lines, fresh);
         let rejected = std::mem::take(&mut self.batch.rejected);
         if self.full.send((lines, rejected)).await.is_ok() {
             return Ok(());
