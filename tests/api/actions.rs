@@ -315,6 +315,7 @@ backend_tests! {
         let owner = app.token("olga", "policy_owner").await;
         let refused = [
             ("nothing to change", json!({})),
+            ("only an expected version", json!({"expected_version": 1})),
             (
                 "lockdown threshold below elevated",
                 json!({"escalation_thresholds": {"lockdown": 10}}),
