@@ -71,6 +71,18 @@ pub enum Error {
     Command(String),
 }
 
+/// `word` after `a` or `an` as it is spoken: "an analyst", "a pending".
+/// For the words that fill messages (roles, statuses), which are English;
+/// the vowel rule is enough for them.
+pub fn with_article(word: &str) -> String {
+    let vowel = word
+        .chars()
+        .next()
+        .is_some_and(|first| "aeiouAEIOU".contains(first));
+    let article = if vowel { "an" } else { "a" };
+    format!("{article} {word}")
+}
+
 impl Error {
     /// A validation failure on a single field.
     pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -251,3 +263,17 @@ pub fn problem_response(status: StatusCode, problem: &Problem) -> Response {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::with_article;
+
+    #[test]
+    fn an_goes_before_a_vowel_and_a_before_the_rest() {
+        assert_eq!(with_article("analyst"), "an analyst");
+        assert_eq!(with_article("admin"), "an admin");
+        assert_eq!(with_article("approved"), "an approved");
+        assert_eq!(with_article("pending"), "a pending");
+        assert_eq!(with_article("policy_owner"), "a policy_owner");
+    }
+}

@@ -162,12 +162,6 @@ fn parse_unblock(payload: UnblockEntityPayload) -> Result<ActionPayload> {
 
 fn parse_policy_update(payload: Value, policy: &PolicySettings) -> Result<ActionPayload> {
     let changes = crate::policy::parse_update(payload)?;
-    if changes.is_empty() {
-        return Err(Error::invalid_field(
-            "body",
-            "name at least one policy field to change",
-        ));
-    }
     crate::policy::validate_update(policy, changes.clone())?;
     Ok(ActionPayload::UpdatePolicy(changes))
 }

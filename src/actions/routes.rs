@@ -14,7 +14,7 @@ use super::payload::ActionPayload;
 use super::store::{self, NewActionRequest};
 use crate::auth::{Capability, Principal};
 use crate::blocklist::parse_reason;
-use crate::error::{Error, Result};
+use crate::error::{with_article, Error, Result};
 use crate::http::{fetch_page, ApiJson, ApiPath, ApiQuery, Page, PageRequest};
 use crate::policy::{load_policy, PolicySettings};
 use crate::server::AppState;
@@ -84,8 +84,8 @@ fn source_of(principal: &Principal, claimed: Option<Source>) -> Result<Source> {
     })?;
     match claimed {
         Some(claimed) if claimed != source => Err(Error::Forbidden(format!(
-            "a {} token files requests as `{}`, not `{}`",
-            principal.role.as_str(),
+            "{} token files requests as `{}`, not `{}`",
+            with_article(principal.role.as_str()),
             source.as_str(),
             claimed.as_str()
         ))),

@@ -13,7 +13,7 @@ use super::model::{ActionRequest, ActionStatus, ActionType, Source, ACTION_COLUM
 use super::payload::ActionPayload;
 use crate::audit::{self, Change};
 use crate::blocklist::SharedIndex;
-use crate::error::{Error, Result};
+use crate::error::{with_article, Error, Result};
 use crate::policy::{load_policy, SharedPolicy};
 use crate::storage::{Db, Tx};
 use crate::time::Timestamp;
@@ -382,9 +382,9 @@ pub async fn audit_transition(
 async fn transition_refused(tx: &mut Tx, id: i64, from: ActionStatus, to: ActionStatus) -> Error {
     match find_action_request(&mut **tx, id).await {
         Ok(current) => Error::Conflict(format!(
-            "action request {id} is {}; only a {} request can become {}",
+            "action request {id} is {}; only {} request can become {}",
             current.status.as_str(),
-            from.as_str(),
+            with_article(from.as_str()),
             to.as_str()
         )),
         Err(error) => error,

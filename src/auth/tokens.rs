@@ -16,7 +16,7 @@ use crate::audit::{self, Change};
 use crate::error::{Error, Result};
 use crate::http::{ApiJson, ApiPath};
 use crate::server::AppState;
-use crate::storage::{self, conflict_on_duplicate, Db};
+use crate::storage::{self, conflict_on_duplicate, Backend, Db, Tx};
 use crate::time::Timestamp;
 
 /// How stale `last_used_at` may get before a request refreshes it; keeps
@@ -209,9 +209,13 @@ fn token_from_row(row: &AnyRow) -> Result<TokenInfo> {
     })
 }
 
-/// Revokes the working token called `name`; it stops working at once.
+/// Revokes the working token called `name`; it stops working at once. The
+/// last working admin token stays (409): without it nobody could manage
+/// tokens through the API again. The command line keeps the rule too; an
+/// operator issues another admin token first.
 pub async fn revoke_token_named(db: &Db, now: Timestamp, actor: &str, name: &str) -> Result<()> {
     let mut tx = db.begin().await?;
+    keep_the_last_admin(&mut tx, db.backend(), name).await?;
     let revoked =
         sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL")
             .bind(now.millis())
@@ -229,6 +233,34 @@ pub async fn revoke_token_named(db: &Db, now: Timestamp, actor: &str, name: &str
     };
     audit::record(&mut tx, now, change).await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Refuses to revoke `name` when it is the only working admin token.
+///
+/// Two admins revoking each other at once must not both succeed, so the
+/// count has to be current when the revocation is written. On SQLite the
+/// transaction holds the write lock from its start (`BEGIN IMMEDIATE`). On
+/// PostgreSQL `FOR UPDATE` locks the working admin tokens, in id order so
+/// that two revocations cannot deadlock; the second waits for the first to
+/// commit, then reads the locked rows again and no longer counts the token
+/// the first revoked.
+async fn keep_the_last_admin(tx: &mut Tx, backend: Backend, name: &str) -> Result<()> {
+    let lock = match backend {
+        Backend::Sqlite => "",
+        Backend::Postgres => " FOR UPDATE",
+    };
+    let select =
+        format!("SELECT name FROM tokens WHERE role = $1 AND revoked_at IS NULL ORDER BY id{lock}");
+    let admins: Vec<String> = sqlx::query_scalar(&select)
+        .bind(Role::Admin.as_str())
+        .fetch_all(&mut **tx)
+        .await?;
+    if admins == [name] {
+        return Err(Error::Conflict(
+            "the last active admin token cannot be revoked".to_string(),
+        ));
+    }
     Ok(())
 }
 
@@ -294,7 +326,9 @@ async fn list_tokens(
 /// Revokes a token at once.
 #[utoipa::path(post, path = "/security/tokens/{name}/revoke", tag = "tokens",
     params(("name" = String, Path)),
-    responses((status = 200, body = TokenInfo), (status = 404)), security(("bearer" = [])))]
+    responses((status = 200, body = TokenInfo), (status = 404),
+        (status = 409, description = "the last active admin token")),
+    security(("bearer" = [])))]
 async fn revoke_token(
     State(state): State<AppState>,
     principal: Principal,

@@ -24,7 +24,9 @@
 //!   blocklist, restore into fresh sets and `ipset swap` them in.
 //! - `nginx`: `deny ADDRESS;` and `deny NETWORK;` lines for an `include`.
 //! - `csv`: every entity type, header
-//!   `entity_type,value,reason,source,created_at,expires_at`, RFC 4180 quoting.
+//!   `entity_type,value,reason,source,created_at,expires_at`, RFC 4180 quoting;
+//!   a field starting with `=`, `+`, `-`, `@`, tab or carriage return gets a
+//!   leading `'`, so that a spreadsheet shows it instead of running it.
 //! - `json`: every entity type, `{"items": [block, ...]}` as the list answers.
 //! - `stix`: a STIX 2.1 bundle with one indicator an `ip` or `cidr` block,
 //!   ids derived from the block id so that they are stable between exports;
@@ -532,11 +534,23 @@ fn render_csv(blocks: &[ExportedBlock]) -> String {
     body
 }
 
+/// What a spreadsheet reads as the start of a formula: `=`, `+`, `-`, `@`,
+/// and tab or carriage return, which some strip before looking again.
+const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
 /// RFC 4180: a field with a comma, quote or line break is quoted, and its
-/// quotes doubled.
+/// quotes doubled. A field that a spreadsheet would run as a formula (a
+/// reason of `=HYPERLINK(...)`, a user name of `@SUM(...)`) gets a leading
+/// `'`, which makes it text, as OWASP's advice on CSV injection has it.
 fn push_csv_field(body: &mut String, field: &str) {
-    if field.contains([',', '"', '\r', '\n']) {
+    let quoted = field.contains([',', '"', '\r', '\n']);
+    if quoted {
         body.push('"');
+    }
+    if field.starts_with(FORMULA_STARTS) {
+        body.push('\'');
+    }
+    if quoted {
         body.push_str(&field.replace('"', "\"\""));
         body.push('"');
     } else {
@@ -692,6 +706,29 @@ mod tests {
         let mut body = String::new();
         push_csv_field(&mut body, "say \"hi\", then\nleave");
         assert_eq!(body, "\"say \"\"hi\"\", then\nleave\"");
+    }
+
+    #[test]
+    fn csv_fields_a_spreadsheet_would_run_as_formulas_start_with_a_quote() {
+        let cases = [
+            ("=1+2", "'=1+2"),
+            ("+1", "'+1"),
+            ("-1", "'-1"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\t=1", "'\t=1"),
+            ("\r=1", "\"'\r=1\""),
+            (
+                "=HYPERLINK(\"x\", \"y\")",
+                "\"'=HYPERLINK(\"\"x\"\", \"\"y\"\")\"",
+            ),
+            ("a=1-2", "a=1-2"),
+            ("2001:db8::/32", "2001:db8::/32"),
+        ];
+        for (field, written) in cases {
+            let mut body = String::new();
+            push_csv_field(&mut body, field);
+            assert_eq!(body, written, "{field:?}");
+        }
     }
 
     #[test]

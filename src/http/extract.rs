@@ -2,13 +2,18 @@
 //! malformed JSON or query → 400, well-formed but invalid → 422 naming the
 //! field, wrong media type → 415, too large → 413.
 
+use std::fmt;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Error as _, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::map::Entry;
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 
@@ -57,7 +62,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for TelemetryJson<T> {
         let require_json = ensure_json_media_type(request.headers());
         let bytes = read_body(request, state).await?;
         require_json?;
-        let mut value: serde_json::Value = serde_json::from_slice(&bytes)
+        let UniqueKeys(mut value) = serde_json::from_slice(&bytes)
             .map_err(|error| Error::BadRequest(format!("malformed JSON: {error}")))?;
         replace_nul(&mut value);
         Ok(TelemetryJson(deserialize_value(value)?))
@@ -98,9 +103,12 @@ fn ensure_json_media_type(headers: &HeaderMap) -> Result<()> {
 }
 
 /// Parses in two steps so that syntax errors (400) and shape errors (422)
-/// are told apart, and a shape error names the field it is about.
+/// are told apart, and a shape error names the field it is about. A key
+/// repeated in one object, at any depth, is a syntax error here: read into
+/// a `Value`, the last one would win silently, so `{"role": "viewer",
+/// "role": "admin"}` would pass whatever a reviewer saw first.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    let value: serde_json::Value = serde_json::from_slice(bytes)
+    let UniqueKeys(value) = serde_json::from_slice(bytes)
         .map_err(|error| Error::BadRequest(format!("malformed JSON: {error}")))?;
     if let Some(path) = path_of_nul(&value) {
         let field = if path.is_empty() {
@@ -113,13 +121,98 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     deserialize_value(value)
 }
 
+/// A JSON value read in one pass that refuses an object naming a key twice.
+/// It builds the same `Value` serde_json would; the check is the lookup
+/// that inserting the key does anyway.
+struct UniqueKeys(Value);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(UniqueKeysVisitor)
+            .map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> std::result::Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> std::result::Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> std::result::Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_str<E>(self, value: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(value.to_string()))
+    }
+
+    fn visit_string<E>(self, value: String) -> std::result::Result<Value, E> {
+        Ok(Value::String(value))
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> std::result::Result<Value, D::Error> {
+        UniqueKeys::deserialize(deserializer).map(|UniqueKeys(value)| value)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> std::result::Result<Value, A::Error> {
+        let mut values = Vec::with_capacity(items.size_hint().unwrap_or(0).min(4096));
+        while let Some(UniqueKeys(value)) = items.next_element()? {
+            values.push(value);
+        }
+        Ok(Value::Array(values))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> std::result::Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = members.next_key::<String>()? {
+            match object.entry(key) {
+                Entry::Occupied(taken) => {
+                    return Err(A::Error::custom(format!("duplicate key `{}`", taken.key())))
+                }
+                Entry::Vacant(free) => {
+                    let UniqueKeys(value) = members.next_value()?;
+                    free.insert(value);
+                }
+            }
+        }
+        Ok(Value::Object(object))
+    }
+}
+
 /// PostgreSQL cannot store U+0000 in text; both backends refuse it at the
 /// edge, the same way, instead of one of them failing inside.
 pub const NUL_REFUSED: &str = "must not contain NUL (U+0000) characters";
 
 /// The path (`a.b[2]`) of the first string or key holding U+0000, if any.
-pub fn path_of_nul(value: &serde_json::Value) -> Option<String> {
-    use serde_json::Value;
+pub fn path_of_nul(value: &Value) -> Option<String> {
     let join = |head: &str, rest: String| {
         if rest.is_empty() || rest.starts_with('[') {
             format!("{head}{rest}")
@@ -145,7 +238,7 @@ pub fn path_of_nul(value: &serde_json::Value) -> Option<String> {
 }
 
 /// Reads a JSON value into `T`, answering 422 with the offending field's path.
-pub fn deserialize_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T> {
+pub fn deserialize_value<T: DeserializeOwned>(value: Value) -> Result<T> {
     serde_path_to_error::deserialize(value).map_err(|error| {
         let path = error.path().to_string();
         let message = error.into_inner().to_string();
@@ -278,5 +371,35 @@ pub fn replace_nul(value: &mut serde_json::Value) -> bool {
                 .fold(found, |found, member| replace_nul(member) | found)
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_without_repeated_keys_reads_as_serde_json_reads_it() {
+        let body = br#"{"a": [1, -2, 3.5, 18446744073709551615, null, true, "x\u00e9"],
+                        "b": {"c": {}, "d": [], "e": [{"f": 1}, {"f": 2}]}}"#;
+        let ours: Value = parse_json(body).unwrap();
+        let theirs: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn a_key_repeated_at_any_depth_is_malformed() {
+        for body in [
+            &br#"{"a": 1, "a": 1}"#[..],
+            br#"{"a": {"b": 1, "c": 2, "b": 3}}"#,
+            br#"[{"ok": 1}, {"x": [{"y": 1, "y": 2}]}]"#,
+        ] {
+            match parse_json::<Value>(body) {
+                Err(Error::BadRequest(detail)) => {
+                    assert!(detail.contains("duplicate key"), "{detail}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@ use super::model::{AutoApprove, AutoBlock, EscalationThresholds, Mode, Policy, R
 use super::store;
 use crate::auth::{Capability, Principal};
 use crate::blocklist::BlockChanges;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::http::{fetch_page, ApiJson, ApiQuery, Page, PageRequest};
 use crate::server::AppState;
 use crate::storage::{self, Filter};
@@ -88,16 +88,21 @@ async fn post_policy(
 }
 
 /// Checks the body's shape (unknown fields, types) and keeps it as a map of
-/// the fields present, for the merge.
+/// the fields present, for the merge. An update must name a policy field:
+/// one that names none (`{}`, or `expected_version` alone) would still make
+/// a new version that changes nothing.
 pub fn parse_update(body: Value) -> Result<Map<String, Value>> {
     let _shape: PolicyUpdate = crate::http::deserialize_value(body.clone())?;
-    match body {
-        Value::Object(changes) => Ok(changes),
-        _ => Err(crate::error::Error::invalid_field(
+    let Value::Object(changes) = body else {
+        return Err(Error::invalid_field("body", "must be a JSON object"));
+    };
+    if changes.keys().all(|field| field == "expected_version") {
+        return Err(Error::invalid_field(
             "body",
-            "must be a JSON object",
-        )),
+            "name at least one policy field to change",
+        ));
     }
+    Ok(changes)
 }
 
 /// One version of the policy.

@@ -311,10 +311,42 @@ backend_tests! {
         assert_eq!(filed.body["status"], "pending");
     }
 
+    async fn refusals_put_an_before_a_vowel(app: TestApp) {
+        let analyst = app.token("alice", "analyst").await;
+        let body = json!({"action_type": "set_mode", "payload": {"mode": "elevated"},
+                          "reason": "test", "source": "heimdall"});
+        let spoofed = app.post(ACTIONS, &analyst, body).await.expect_problem(403);
+        assert_eq!(
+            spoofed.body["detail"],
+            "an analyst token files requests as `human`, not `heimdall`"
+        );
+
+        let id = file(&app, &analyst, "set_mode", json!({"mode": "elevated"}))
+            .await
+            .expect(201)
+            .id();
+        let early = move_to(&app, &app.admin_token, id, "executed")
+            .await
+            .expect_problem(409);
+        assert_eq!(
+            early.body["detail"],
+            format!("action request {id} is pending; only an approved request can become executed")
+        );
+        move_to(&app, &app.admin_token, id, "rejected").await.expect(200);
+        let late = move_to(&app, &app.admin_token, id, "approved")
+            .await
+            .expect_problem(409);
+        assert_eq!(
+            late.body["detail"],
+            format!("action request {id} is rejected; only a pending request can become approved")
+        );
+    }
+
     async fn an_update_policy_request_is_validated_like_a_policy_update(app: TestApp) {
         let owner = app.token("olga", "policy_owner").await;
         let refused = [
             ("nothing to change", json!({})),
+            ("only an expected version", json!({"expected_version": 1})),
             (
                 "lockdown threshold below elevated",
                 json!({"escalation_thresholds": {"lockdown": 10}}),

@@ -8,7 +8,7 @@ use reqwest::header::CONTENT_TYPE;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{encode, Reply};
+use crate::support::{encode, Reply, TestApp};
 
 const BLOCKS: &str = "/security/policy/blocks";
 
@@ -54,6 +54,27 @@ fn assert_problem(reply: Reply, status: u16) -> Reply {
         assert!(!lowered.contains(leak), "`{leak}` leaked: {}", reply.text);
     }
     reply
+}
+
+/// Sends `body` as JSON and asserts the 400 a repeated key earns.
+async fn refused_as_duplicate(app: &TestApp, path: String, body: &'static str) {
+    let token = app.admin_token.clone();
+    let reply = app
+        .send_raw(
+            Method::POST,
+            &path,
+            Some(&token),
+            Some("application/json"),
+            body.as_bytes().to_vec(),
+        )
+        .await;
+    let reply = assert_problem(reply, 400);
+    let detail = reply.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("duplicate key"),
+        "{path} {body}: {}",
+        reply.text
+    );
 }
 
 /// The operations API.md documents, as `(method, path)` without queries.
@@ -293,6 +314,57 @@ backend_tests! {
             )
             .await;
         assert_problem(reply, 400);
+    }
+
+    async fn a_key_named_twice_in_one_object_is_malformed_and_changes_nothing(app: TestApp) {
+        let send = |path: String, body: &'static str| refused_as_duplicate(&app, path, body);
+
+        send(
+            "/security/tokens".to_string(),
+            r#"{"name": "dk1", "role": "viewer", "role": "admin"}"#,
+        )
+        .await;
+        let tokens = app.admin_get("/security/tokens").await.expect(200);
+        assert_eq!(tokens.items().len(), 1, "only the admin token: {}", tokens.text);
+
+        let filed = app
+            .admin_post(
+                "/security/actions/",
+                json!({"action_type": "set_mode", "payload": {"mode": "elevated"},
+                       "reason": "test"}),
+            )
+            .await
+            .expect(201);
+        let path = format!("/security/actions/{}", filed.id());
+        send(path, r#"{"status": "rejected", "status": "approved"}"#).await;
+        send(
+            "/security/actions/".to_string(),
+            r#"{"action_type": "block_entity", "reason": "test", "payload":
+               {"entity_type": "ip", "value": "198.51.100.1", "value": "203.0.113.7"}}"#,
+        )
+        .await;
+        send(
+            "/security/policy/".to_string(),
+            r#"{"auto_block": {"enabled": true, "enabled": false}}"#,
+        )
+        .await;
+        let actions = app.admin_get("/security/actions/").await.expect(200);
+        assert_eq!(actions.items().len(), 1, "{}", actions.text);
+        assert_eq!(actions.items()[0]["status"], "pending");
+        let policy = app.admin_get("/security/policy/").await.expect(200);
+        assert_eq!(policy.body["version"], 1, "{}", policy.text);
+
+        send(
+            "/security/tokens".to_string(),
+            r#"{"name": "dk2", "role": "viewer", "extra": {"a": 1, "b": [{"c": 1}], "a": 2}}"#,
+        )
+        .await;
+        app.admin_post(
+            "/security/tokens",
+            json!({"name": "dk3", "role": "viewer"}),
+        )
+        .await
+        .expect(201);
     }
 
     async fn a_body_over_the_limit_is_a_too_large_problem(app: TestApp) {

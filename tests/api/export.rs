@@ -338,6 +338,38 @@ backend_tests! {
         assert!(export(&app, "csv").await.text.contains("mallory"));
     }
 
+    async fn a_csv_field_a_spreadsheet_would_run_as_a_formula_starts_with_a_quote(app: TestApp) {
+        let blocks = [
+            ("user", "=cmd|' /C calc'!A0", "+1 failed logins"),
+            ("api_key", "@SUM(1+1)", "-2+3"),
+            ("user", "mallory", "=HYPERLINK(\"http://evil.example\", \"open\")"),
+        ];
+        for (entity_type, value, reason) in blocks {
+            let body = json!({"entity_type": entity_type, "value": value, "reason": reason});
+            app.admin_post("/security/policy/blocks", body).await.expect(201);
+        }
+
+        let csv = export(&app, "csv").await;
+        let lines: Vec<&str> = csv.text.lines().collect();
+        let created = app.now().to_string();
+        assert_eq!(
+            &lines[1..],
+            [
+                format!("user,'=cmd|' /C calc'!A0,'+1 failed logins,human,{created},"),
+                format!("api_key,'@SUM(1+1),'-2+3,human,{created},"),
+                format!(
+                    "user,mallory,\"'=HYPERLINK(\"\"http://evil.example\"\", \"\"open\"\")\",\
+                     human,{created},"
+                ),
+            ],
+            "{}",
+            csv.text
+        );
+
+        let json_export = export(&app, "json").await;
+        assert_eq!(json_export.items()[1]["value"], "@SUM(1+1)", "JSON is left as it is");
+    }
+
     async fn each_format_has_its_content_type_and_shape(app: TestApp) {
         let reason = "said \"hi\", then left";
         let body = json!({"entity_type": "ip", "value": "198.51.100.1", "reason": reason,

@@ -206,6 +206,25 @@ backend_tests! {
         assert_eq!(current_policy(&app).await, before);
     }
 
+    async fn an_update_that_names_no_policy_field_is_invalid_and_makes_no_version(app: TestApp) {
+        let before = current_policy(&app).await;
+
+        for body in [json!({}), json!({"expected_version": 1})] {
+            let reply = app.update_policy(body.clone()).await.expect_problem(422);
+            let detail = &reply.body["errors"][0];
+            assert_eq!(detail["field"], "body", "{body}: {}", reply.text);
+            assert_eq!(
+                detail["message"], "name at least one policy field to change",
+                "{body}: {}",
+                reply.text
+            );
+        }
+
+        assert_eq!(current_policy(&app).await, before);
+        let history = app.admin_get("/security/policy/history").await.expect(200);
+        assert_eq!(history.items().len(), 1, "{}", history.text);
+    }
+
     async fn an_invalid_policy_is_refused_as_a_whole_and_changes_nothing(app: TestApp) {
         let before = current_policy(&app).await;
         let cases = [

@@ -11,6 +11,15 @@ fn listed(list: &Reply, name: &str) -> Option<Value> {
     list.items().into_iter().find(|token| token["name"] == name)
 }
 
+/// The names of the listed admin tokens.
+fn listed_admins(list: &Reply) -> Vec<String> {
+    list.items()
+        .into_iter()
+        .filter(|token| token["role"] == "admin")
+        .map(|token| token["name"].as_str().expect("a name").to_string())
+        .collect()
+}
+
 backend_tests! {
     async fn creating_a_token_shows_it_once_and_the_list_never_shows_a_token(app: TestApp) {
         let created = app
@@ -166,6 +175,85 @@ backend_tests! {
         app.admin_post(&format!("{TOKENS}/nobody/revoke"), json!({}))
             .await
             .expect_problem(404);
+    }
+
+    async fn the_last_active_admin_token_cannot_be_revoked(app: TestApp) {
+        let viewer = app.token("grafana", "viewer").await;
+
+        let refused = app
+            .admin_post(&format!("{TOKENS}/admin/revoke"), json!({}))
+            .await
+            .expect_problem(409);
+        assert_eq!(
+            refused.body["detail"], "the last active admin token cannot be revoked",
+            "{}",
+            refused.text
+        );
+        app.admin_get(TOKENS).await.expect(200);
+        let db = valhalla::storage::Db::connect(&app.database_url).await.unwrap();
+        let from_cli = valhalla::auth::tokens::revoke_token_named(&db, app.now(), "cli", "admin")
+            .await
+            .expect_err("the command line keeps the last admin too");
+        assert!(matches!(from_cli, valhalla::error::Error::Conflict(_)), "{from_cli:?}");
+        db.close().await;
+        let audit = app.admin_get("/security/audit?kind=token.revoked").await.expect(200);
+        assert!(audit.items().is_empty(), "{}", audit.text);
+
+        let second = app.token("second-admin", "admin").await;
+        app.post(&format!("{TOKENS}/second-admin/revoke"), &second, json!({}))
+            .await
+            .expect(200);
+        app.get(TOKENS, &second).await.expect_problem(401);
+        app.admin_post(&format!("{TOKENS}/grafana/revoke"), json!({}))
+            .await
+            .expect(200);
+        app.get("/security/dashboard", &viewer).await.expect_problem(401);
+    }
+
+    async fn of_two_admins_revoking_each_other_at_once_exactly_one_succeeds(app: TestApp) {
+        let mut survivor = app.admin_token.clone();
+        for round in 0..5 {
+            let name = format!("admin-{round}");
+            let created = app
+                .post(TOKENS, &survivor, json!({"name": name, "role": "admin"}))
+                .await
+                .expect(201);
+            let other = created.body["token"].as_str().unwrap().to_string();
+            let list = app.get(TOKENS, &survivor).await.expect(200);
+            let first = listed_admins(&list)
+                .into_iter()
+                .find(|admin| *admin != name)
+                .expect("the surviving admin is listed");
+
+            let (revoke_other, revoke_first) = (
+                format!("{TOKENS}/{name}/revoke"),
+                format!("{TOKENS}/{first}/revoke"),
+            );
+            let (by_first, by_other) = tokio::join!(
+                app.post(&revoke_other, &survivor, json!({})),
+                app.post(&revoke_first, &other, json!({})),
+            );
+
+            let statuses = [by_first.status.as_u16(), by_other.status.as_u16()];
+            assert_eq!(
+                statuses.iter().filter(|status| **status == 200).count(),
+                1,
+                "round {round}: {} / {}",
+                by_first.text,
+                by_other.text
+            );
+            // The loser either waited for the winner and found itself the
+            // last admin (409), or was revoked before it was let in (401).
+            assert!(
+                statuses.iter().all(|status| [200, 401, 409].contains(status)),
+                "round {round}: {} / {}",
+                by_first.text,
+                by_other.text
+            );
+            survivor = if by_first.status == 200 { survivor } else { other };
+            let list = app.get(TOKENS, &survivor).await.expect(200);
+            assert_eq!(listed_admins(&list).len(), 1, "round {round}: {}", list.text);
+        }
     }
 
     async fn a_token_revoked_by_another_process_stops_working_within_a_second(app: TestApp) {
