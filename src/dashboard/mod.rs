@@ -1,5 +1,8 @@
 //! `GET /security/dashboard`: the whole security state in one call, read in
-//! one snapshot so its numbers agree with each other.
+//! one snapshot so its numbers agree with each other; `GET /metrics` gives
+//! the same numbers to Prometheus (`metrics.rs`).
+
+mod metrics;
 
 use std::collections::BTreeMap;
 
@@ -25,7 +28,9 @@ const RECENT: i64 = 10;
 const DAY_SECONDS: i64 = 24 * 3600;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_dashboard))
+    OpenApiRouter::new()
+        .routes(routes!(get_dashboard))
+        .routes(routes!(metrics::get_metrics))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -91,8 +96,13 @@ async fn get_dashboard(
     principal: Principal,
 ) -> Result<Json<Dashboard>> {
     principal.require(Capability::ReadSecurityState)?;
-    let now = state.clock.now();
 
+    Ok(Json(snapshot(&state).await?))
+}
+
+/// The dashboard's numbers, all read in one snapshot of the database.
+async fn snapshot(state: &AppState) -> Result<Dashboard> {
+    let now = state.clock.now();
     let mut tx = state.db.reader().begin().await?;
     if state.db.backend() == Backend::Postgres {
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -114,8 +124,7 @@ async fn get_dashboard(
         actions: action_summary(&mut tx).await?,
     };
     tx.commit().await?;
-
-    Ok(Json(dashboard))
+    Ok(dashboard)
 }
 
 /// Unresolved incidents (open or acknowledged), by severity.

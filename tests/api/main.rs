@@ -18,6 +18,7 @@ mod honeypots;
 mod import;
 mod ingest;
 mod logs;
+mod metrics;
 mod pagination;
 mod policy;
 mod rate_limits;
