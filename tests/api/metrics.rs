@@ -6,8 +6,6 @@ use reqwest::header::CONTENT_TYPE;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::TestApp;
-
 /// Each sample line (`name{label="value"} 3`) keyed by everything before
 /// the value; checks that every metric is announced by HELP and TYPE.
 fn samples(text: &str) -> BTreeMap<String, i64> {
