@@ -13,7 +13,14 @@ pub const BOOTSTRAP_ADMIN: &str = "admin";
 /// Creates the default policy and, when no token works yet, an admin token:
 /// the one given (`VALHALLA_ADMIN_TOKEN`) or a fresh one printed once on
 /// stderr.
-pub async fn prepare(db: &Db, now: Timestamp, admin_token: Option<Secret>) -> Result<()> {
+/// `listen` is the address the server is about to listen on, for the
+/// example printed with a new admin token.
+pub async fn prepare(
+    db: &Db,
+    now: Timestamp,
+    admin_token: Option<Secret>,
+    listen: &str,
+) -> Result<()> {
     ensure_policy_exists(db, now).await?;
     if any_token_exists(db).await? {
         return Ok(());
@@ -47,7 +54,7 @@ pub async fn prepare(db: &Db, now: Timestamp, admin_token: Option<Secret>) -> Re
         eprintln!(
             "\nNo API token existed, so an admin token was created. It is shown only now:\n\n    \
              {}\n\nUse it as `Authorization: Bearer <token>`, e.g.\n    \
-             curl -H 'Authorization: Bearer {}' http://<listen>/security/dashboard\n",
+             curl -H 'Authorization: Bearer {}' http://{listen}/security/dashboard\n",
             secret.expose(),
             secret.expose()
         );

@@ -172,7 +172,8 @@ impl RunningServer {
 pub async fn start(settings: &ServeSettings, clock: Arc<dyn Clock>) -> Result<RunningServer> {
     let db = Db::connect(&settings.database.database_url).await?;
     db.migrate().await?;
-    crate::bootstrap::prepare(&db, clock.now(), settings.admin_token.clone()).await?;
+    let token = settings.admin_token.clone();
+    crate::bootstrap::prepare(&db, clock.now(), token, &settings.listen).await?;
 
     let listener = TcpListener::bind(&settings.listen).await.map_err(|error| {
         Error::Internal(format!("cannot listen on {}: {error}", settings.listen))
