@@ -19,7 +19,9 @@ use super::formats::{map_record, Format, Mapped};
 use super::key::AuthenticatedHoneypot;
 use super::writer::PendingEvent;
 use crate::error::{Error, Result};
-use crate::http::{media_type, read_body, replace_nul, ApiQuery, RejectedLine};
+use crate::http::{
+    media_type, parse_value, parse_values, read_body, replace_nul, ApiQuery, RejectedLine,
+};
 use crate::server::AppState;
 use crate::time::Timestamp;
 
@@ -140,7 +142,7 @@ type Record = std::result::Result<(Vec<u8>, serde_json::Value), String>;
 fn split_records(body: &[u8]) -> Result<Vec<(usize, Record)>> {
     let first = body.iter().find(|byte| !byte.is_ascii_whitespace());
     if first == Some(&b'[') {
-        let values: Vec<serde_json::Value> = serde_json::from_slice(body)
+        let values = parse_values(body)
             .map_err(|error| Error::BadRequest(format!("malformed JSON array: {error}")))?;
         return Ok(values
             .into_iter()
@@ -158,7 +160,7 @@ fn split_records(body: &[u8]) -> Result<Vec<(usize, Record)>> {
         .map(|(index, line)| (index + 1, line.strip_suffix(b"\r").unwrap_or(line)))
         .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
         .map(|(number, line)| {
-            let parsed = serde_json::from_slice(line)
+            let parsed = parse_value(line)
                 .map(|value| (line.to_vec(), value))
                 .map_err(|error| format!("malformed JSON: {error}"));
             (number, parsed)

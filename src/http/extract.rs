@@ -121,6 +121,18 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     deserialize_value(value)
 }
 
+/// Reads one JSON value, refusing an object that names a key twice, as
+/// [`parse_json`] does; for bodies read record by record.
+pub fn parse_value(bytes: &[u8]) -> serde_json::Result<Value> {
+    serde_json::from_slice(bytes).map(|UniqueKeys(value)| value)
+}
+
+/// Reads a JSON array of values as [`parse_value`] reads one.
+pub fn parse_values(bytes: &[u8]) -> serde_json::Result<Vec<Value>> {
+    let values: Vec<UniqueKeys> = serde_json::from_slice(bytes)?;
+    Ok(values.into_iter().map(|UniqueKeys(value)| value).collect())
+}
+
 /// A JSON value read in one pass that refuses an object naming a key twice.
 /// It builds the same `Value` serde_json would; the check is the lookup
 /// that inserting the key does anyway.

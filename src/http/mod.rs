@@ -10,9 +10,9 @@ mod serve;
 
 pub use deadline::{enforce_deadline, Deadlines, IMPORT_PATH};
 pub use extract::{
-    address_filter, deserialize_value, media_type, parse_json, path_of_nul, read_body,
-    refuse_encoded_bodies, replace_nul, ApiJson, ApiPath, ApiQuery, OptionalJson, TelemetryJson,
-    NUL_REFUSED,
+    address_filter, deserialize_value, media_type, parse_json, parse_value, parse_values,
+    path_of_nul, read_body, refuse_encoded_bodies, replace_nul, ApiJson, ApiPath, ApiQuery,
+    OptionalJson, TelemetryJson, NUL_REFUSED,
 };
 pub use logging::log_request;
 pub use page::{fetch_page, Page, PageRequest};

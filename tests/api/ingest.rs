@@ -330,6 +330,22 @@ backend_tests! {
         assert_eq!(single.expect("the single event")["payload"]["typed\u{fffd}"], "x\u{fffd}");
     }
 
+    async fn a_bulk_record_naming_a_key_twice_is_rejected_alone(app: TestApp) {
+        let (_, key) = app.honeypot("hp-dup", "ssh").await;
+        let good = r#"{"event_type":"scan","source_ip":"203.0.113.50"}"#;
+        let twice = r#"{"event_type":"scan","source_ip":"203.0.113.51","source_ip":"127.0.0.1"}"#;
+
+        let lines = app.post_bulk(&key, "valhalla", format!("{good}\n{twice}\n")).await.expect(200);
+        let array = app.post_bulk(&key, "valhalla", format!("[{twice}]")).await;
+
+        assert_eq!(lines.body["accepted"], 1, "{}", lines.text);
+        assert_eq!(lines.body["rejected"][0]["line"], 2, "{}", lines.text);
+        let reason = lines.body["rejected"][0]["error"].as_str().unwrap_or_default();
+        assert!(reason.contains("duplicate key"), "{}", lines.text);
+        array.expect_problem(400);
+        assert_eq!(events_of(&app, "").await.len(), 1);
+    }
+
     async fn a_bad_line_is_reported_with_its_number_and_never_stops_the_rest(app: TestApp) {
         let (_, key) = app.honeypot("hp-1", "ssh").await;
         let good = |ip: &str| {
