@@ -200,7 +200,8 @@ pub struct TransitionBody {
     request_body = TransitionBody,
     responses(
         (status = 200, body = ActionRequest),
-        (status = 403, description = "four-eyes, or a policy change by a role that may not make it"),
+        (status = 403,
+            description = "four-eyes, or a policy change by a role that may not make it"),
         (status = 404), (status = 409, description = "not allowed from the current status")),
     security(("bearer" = [])))]
 async fn transition_action_request(

@@ -1290,7 +1290,8 @@ backend_tests! {
             app.token("tyr", "policy_owner").await,
         );
         let second_owner = app.token("tyr-2", "policy_owner").await;
-        let filed = file(&app, &analyst, "update_policy", json!({"deescalation_cooldown_seconds": 60}))
+        let change = json!({"deescalation_cooldown_seconds": 60});
+        let filed = file(&app, &analyst, "update_policy", change)
             .await
             .expect(201)
             .id();
