@@ -217,8 +217,9 @@ async fn transition_action_request(
     let request = match body.status {
         ActionStatus::Approved => {
             let mut tx = state.db.begin().await?;
-            enforce_capability(&mut tx, id, &principal).await?;
-            enforce_four_eyes(&mut tx, id, &principal).await?;
+            let request = store::find_action_request(&mut *tx, id).await?;
+            enforce_capability(&request, &principal)?;
+            enforce_four_eyes(&mut tx, &request, &principal).await?;
             let approved = store::approve(&mut tx, now, id, &principal.name, notes).await?;
             tx.commit().await?;
             approved
@@ -230,9 +231,10 @@ async fn transition_action_request(
             rejected
         }
         ActionStatus::Executed => {
-            let mut tx = state.db.begin().await?;
-            enforce_capability(&mut tx, id, &principal).await?;
-            tx.rollback().await?;
+            // The type of a request never changes, so reading it outside
+            // the executing transaction is safe.
+            let request = store::find_action_request(state.db.reader(), id).await?;
+            enforce_capability(&request, &principal)?;
             let (index, policy) = (&state.blocklist, &state.policy);
             execute_action_request(&state.db, index, policy, now, id, &principal.name, notes)
                 .await?
@@ -253,12 +255,7 @@ async fn transition_action_request(
 /// Approving or executing a request makes its change, so it takes the
 /// capability the change itself takes: an analyst approves blocks, not
 /// policy changes (the mode included), which are the policy owner's.
-async fn enforce_capability(
-    tx: &mut crate::storage::Tx,
-    id: i64,
-    principal: &Principal,
-) -> Result<()> {
-    let request = store::find_action_request(&mut **tx, id).await?;
+fn enforce_capability(request: &ActionRequest, principal: &Principal) -> Result<()> {
     principal
         .require(request.action_type.capability())
         .map_err(|_| {
@@ -273,11 +270,10 @@ async fn enforce_capability(
 /// With `require_distinct_approver`, the requester may not approve.
 async fn enforce_four_eyes(
     tx: &mut crate::storage::Tx,
-    id: i64,
+    request: &ActionRequest,
     principal: &Principal,
 ) -> Result<()> {
     let policy = load_policy(&mut **tx).await?;
-    let request = store::find_action_request(&mut **tx, id).await?;
     if policy.settings.require_distinct_approver && request.requested_by == principal.name {
         return Err(Error::Forbidden(
             "four-eyes rule: the principal who filed a request cannot approve it".to_string(),

@@ -34,9 +34,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = Error;
 
     async fn from_request(request: Request, state: &S) -> Result<Self> {
-        let require_json = ensure_json_media_type(request.headers());
-        let bytes = read_body(request, state).await?;
-        require_json?;
+        let bytes = json_body(request, state).await?;
         Ok(ApiJson(parse_json(&bytes)?))
     }
 }
@@ -59,14 +57,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for TelemetryJson<T> {
     type Rejection = Error;
 
     async fn from_request(request: Request, state: &S) -> Result<Self> {
-        let require_json = ensure_json_media_type(request.headers());
-        let bytes = read_body(request, state).await?;
-        require_json?;
-        let UniqueKeys(mut value) = serde_json::from_slice(&bytes)
-            .map_err(|error| Error::BadRequest(format!("malformed JSON: {error}")))?;
+        let bytes = json_body(request, state).await?;
+        let mut value = parse_value(&bytes).map_err(malformed)?;
         replace_nul(&mut value);
         Ok(TelemetryJson(deserialize_value(value)?))
     }
+}
+
+/// The whole body of a request that must say it is JSON. The body is read
+/// before the media type is judged, so that an oversized body is 413 first.
+async fn json_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes> {
+    let require_json = ensure_json_media_type(request.headers());
+    let bytes = read_body(request, state).await?;
+    require_json?;
+    Ok(bytes)
+}
+
+fn malformed(error: serde_json::Error) -> Error {
+    Error::BadRequest(format!("malformed JSON: {error}"))
 }
 
 /// Reads the whole body, answering 413 past the route's limit.
@@ -108,8 +116,7 @@ fn ensure_json_media_type(headers: &HeaderMap) -> Result<()> {
 /// a `Value`, the last one would win silently, so `{"role": "viewer",
 /// "role": "admin"}` would pass whatever a reviewer saw first.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    let UniqueKeys(value) = serde_json::from_slice(bytes)
-        .map_err(|error| Error::BadRequest(format!("malformed JSON: {error}")))?;
+    let value = parse_value(bytes).map_err(malformed)?;
     if let Some(path) = path_of_nul(&value) {
         let field = if path.is_empty() {
             "body".to_string()

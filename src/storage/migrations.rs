@@ -178,47 +178,37 @@ mod tests {
         db
     }
 
+    /// An event row before migration 7: `(id, processed_at)`.
+    type Event = (i64, Option<i64>);
+
     /// A database whose engine marked events one by one resumes, after the
     /// move to judging by position, just before its oldest unmarked event,
-    /// and the event writer's ids continue after the last stored one.
+    /// and the event writer's ids continue after the last stored one: with
+    /// some unjudged, all judged, and no events at all.
     #[tokio::test]
     async fn judging_by_position_resumes_at_the_oldest_unjudged_event() {
-        let dir = tempfile::tempdir().unwrap();
-        let events = [(1, Some(5)), (2, Some(5)), (3, None), (4, None)];
+        // Events `(id, processed_at)`, then the expected position and last id.
+        let cases: [(&[Event], i64, i64); 3] = [
+            (&[(1, Some(5)), (2, Some(5)), (3, None), (4, None)], 2, 4),
+            (&[(7, Some(5))], 7, 7),
+            (&[], 0, 0),
+        ];
+        for (events, judged_through, last_id) in cases {
+            let dir = tempfile::tempdir().unwrap();
 
-        let db = migrated_from_version_6(&dir, &events).await;
+            let db = migrated_from_version_6(&dir, events).await;
 
-        assert_eq!(
-            count(&db, "SELECT judged_through FROM engine_state").await,
-            2
-        );
-        assert_eq!(count(&db, "SELECT last_id FROM event_sequence").await, 4);
+            let judged = count(&db, "SELECT judged_through FROM engine_state").await;
+            assert_eq!(judged, judged_through, "{events:?}");
+            let last = count(&db, "SELECT last_id FROM event_sequence").await;
+            assert_eq!(last, last_id, "{events:?}");
+        }
     }
 
-    #[tokio::test]
-    async fn a_database_whose_events_were_all_judged_resumes_after_the_last() {
-        let dir = tempfile::tempdir().unwrap();
-
-        let db = migrated_from_version_6(&dir, &[(7, Some(5))]).await;
-
-        assert_eq!(
-            count(&db, "SELECT judged_through FROM engine_state").await,
-            7
-        );
-        assert_eq!(count(&db, "SELECT last_id FROM event_sequence").await, 7);
-    }
-
-    #[tokio::test]
-    async fn an_empty_database_starts_at_the_beginning() {
-        let dir = tempfile::tempdir().unwrap();
-
-        let db = migrated_from_version_6(&dir, &[]).await;
-
-        assert_eq!(
-            count(&db, "SELECT judged_through FROM engine_state").await,
-            0
-        );
-        assert_eq!(count(&db, "SELECT last_id FROM event_sequence").await, 0);
+    /// The tests' PostgreSQL server, as the API tests find it.
+    fn postgres_admin_url() -> String {
+        std::env::var("VALHALLA_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
     }
 
     /// A scratch database on `backend`, with what to drop afterwards on
@@ -233,8 +223,7 @@ mod tests {
                 None,
             );
         }
-        let admin = std::env::var("VALHALLA_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+        let admin = postgres_admin_url();
         let name = format!(
             "valhalla_migration_{}",
             &crate::auth::Secret::generate("").expose()[..12].to_lowercase()
@@ -250,9 +239,7 @@ mod tests {
     }
 
     async fn drop_database(name: &str) {
-        let admin = std::env::var("VALHALLA_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
-        let admin_db = Db::connect(&admin).await.unwrap();
+        let admin_db = Db::connect(&postgres_admin_url()).await.unwrap();
         sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
             .execute(admin_db.writer())
             .await
