@@ -498,6 +498,26 @@ impl BlocklistIndex {
         }
     }
 
+    /// Whether the index holds an entry for exactly `entity`, expired or
+    /// not: the import asks the database only about such entities.
+    pub fn holds(&self, entity: &Entity) -> bool {
+        match entity {
+            Entity::Ip(address) => match canonical_ip(*address) {
+                IpAddr::V4(v4) => self.ipv4.contains_key(&u32::from(v4)),
+                IpAddr::V6(v6) => self.ipv6.contains_key(&u128::from(v6)),
+            },
+            Entity::Cidr(network) => {
+                let (start, length) = start_and_length(network);
+                match network.family() {
+                    4 => self.networks_v4.get(start, length).is_some(),
+                    _ => self.networks_v6.get(start, length).is_some(),
+                }
+            }
+            Entity::User(name) => self.users.contains_key(name),
+            Entity::ApiKey(name) => self.api_keys.contains_key(name),
+        }
+    }
+
     /// Ids of the blocks matching `entity` at `now`: for an address, its own
     /// `ip` block and every `cidr` block containing it; otherwise the
     /// entity's own block.

@@ -351,6 +351,16 @@ impl SharedIndex {
         }
     }
 
+    /// For each entity, whether the index holds an entry for it (see
+    /// [`BlocklistIndex::holds`]); one read lock for them all.
+    pub fn holding<'a>(&self, entities: impl IntoIterator<Item = &'a Entity>) -> Vec<bool> {
+        let index = self.read();
+        entities
+            .into_iter()
+            .map(|entity| index.holds(entity))
+            .collect()
+    }
+
     /// Ids of the blocks matching `entity` at `now`.
     pub fn matching(&self, entity: &Entity, now: Timestamp) -> Vec<i64> {
         self.read().matching(entity, now)

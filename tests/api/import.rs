@@ -305,6 +305,45 @@ backend_tests! {
         assert_eq!(app.check_ip("203.0.113.60").await.body["blocked"], json!(true));
     }
 
+    async fn a_live_block_the_index_has_not_seen_is_extended_not_doubled(app: TestApp) {
+        // In the database but not in this server's index, as another
+        // replica's blocks are until the change log reaches this one.
+        let mut connection = database(&app).await;
+        let now = app.now().millis();
+        let mut unseen = Vec::new();
+        for (value, expires_at) in [("unseen-live", now + 600_000), ("unseen-ended", now - 60_000)] {
+            let row = sqlx::query(
+                "INSERT INTO blocks (entity_type, value, reason, source, created_by, created_at, \
+                     expires_at) \
+                 VALUES ('user', $1, 'elsewhere', 'human', 'replica', $2, $3) RETURNING id",
+            )
+            .bind(value)
+            .bind(now - 120_000)
+            .bind(expires_at)
+            .fetch_one(&mut connection)
+            .await
+            .expect("a block written behind the server's back");
+            unseen.push(row.get::<i64, _>("id"));
+        }
+        let line = |value: &str| {
+            json!({"entity_type": "user", "value": value, "reason": "list",
+                   "duration_seconds": 3600})
+            .to_string()
+        };
+        let body = [line("unseen-live"), line("unseen-ended"), line("fresh")].join("\n");
+
+        let report = import(&app, NDJSON, &body).await;
+
+        assert_eq!(counts(&report), [2, 1, 0, 0], "{report}");
+        let extended = active_block(&app, "user", "unseen-live").await;
+        assert_eq!(extended["id"], json!(unseen[0]));
+        assert_eq!(seconds_left(&app, &extended), 3600);
+        let replaced = active_block(&app, "user", "unseen-ended").await;
+        assert_ne!(replaced["id"], json!(unseen[1]));
+        assert_eq!(seconds_left(&app, &replaced), 3600);
+        active_block(&app, "user", "fresh").await;
+    }
+
     async fn an_import_batch_is_one_change_in_the_log_that_replicas_follow(app: TestApp) {
         let other = app.replica().await;
         other.check_ip("198.51.100.90").await;
