@@ -352,13 +352,16 @@ impl SharedIndex {
     }
 
     /// For each entity, whether the index holds an entry for it (see
-    /// [`BlocklistIndex::holds`]); one read lock for them all.
-    pub fn holding<'a>(&self, entities: impl IntoIterator<Item = &'a Entity>) -> Vec<bool> {
-        let index = self.read();
-        entities
-            .into_iter()
-            .map(|entity| index.holds(entity))
-            .collect()
+    /// [`BlocklistIndex::holds`]). The read lock is taken afresh every few
+    /// thousand entities, so that a change waiting for the write lock (and
+    /// the checks queued behind it) waits microseconds, not a whole batch.
+    pub fn holding(&self, entities: &[&Entity]) -> Vec<bool> {
+        let mut held = Vec::with_capacity(entities.len());
+        for chunk in entities.chunks(4096) {
+            let index = self.read();
+            held.extend(chunk.iter().map(|entity| index.holds(entity)));
+        }
+        held
     }
 
     /// Ids of the blocks matching `entity` at `now`.

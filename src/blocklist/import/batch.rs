@@ -126,7 +126,8 @@ pub async fn import_batch(
         let a_key = (a.entity.entity_type().as_str(), a.value.as_str());
         a_key.cmp(&(b.entity.entity_type().as_str(), b.value.as_str()))
     });
-    let held = index.holding(entities.iter().map(|entity| &entity.entity));
+    let keys: Vec<&Entity> = entities.iter().map(|entity| &entity.entity).collect();
+    let held = index.holding(&keys);
     let batch = Batch {
         backend: db.backend(),
         now,
