@@ -919,7 +919,9 @@ mod tests {
     }
 
     /// Addresses crowd a small space, so that networks overlap and checks hit.
-    fn random_address(random: &mut Random) -> IpAddr {
+    /// `sparse` spreads IPv6 over 64 buckets instead of 4, so that many hold
+    /// a single network inline, and others gain and lose a second one.
+    fn random_address(random: &mut Random, sparse: bool) -> IpAddr {
         if random.below(2) == 0 {
             let low = random.below(1 << 12) as u32;
             IpAddr::from(std::net::Ipv4Addr::from(
@@ -927,20 +929,25 @@ mod tests {
             ))
         } else {
             let low = u128::from(random.below(1 << 12));
-            let high = u128::from(random.below(4)) << 96;
+            let bucket = 0x2001_0db8 + random.below(if sparse { 64 } else { 4 });
             IpAddr::from(std::net::Ipv6Addr::from(
-                (0x2001_0db8_u128 << 96) | high | (low << 40) | low,
+                (u128::from(bucket) << 96) | (low << 40) | low,
             ))
         }
     }
 
-    fn random_entity(random: &mut Random) -> Entity {
-        let address = random_address(random);
+    /// With `sparse`, IPv6 networks are /28 or longer: the lengths that
+    /// mark buckets.
+    fn random_entity(random: &mut Random, sparse: bool) -> Entity {
+        let address = random_address(random, sparse);
         match random.below(8) {
             0..=3 => Entity::Ip(address),
             4..=6 => {
-                let bits = if address.is_ipv4() { 32 } else { 128 };
-                let prefix = bits - random.below(u64::from(bits) + 1) as u32;
+                let (bits, shortest) = match address {
+                    IpAddr::V4(_) => (32, 0),
+                    IpAddr::V6(_) => (128, if sparse { 28 } else { 0 }),
+                };
+                let prefix = bits - random.below(u64::from(bits - shortest) + 1) as u32;
                 let text = format!("{address}/{prefix}");
                 let network = Network::parse(&text, false).unwrap_or_else(|error| {
                     let canonical = error.rsplit(' ').next().unwrap().to_string();
@@ -970,17 +977,18 @@ mod tests {
     /// checks random addresses and entities against a scan of the model.
     #[test]
     fn the_index_agrees_with_a_naive_scan() {
-        for seed in 1..=20u64 {
+        for seed in 1..=30u64 {
+            let sparse = seed > 20;
             let mut random = Random(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
             let mut model: Vec<Modelled> = Vec::new();
             let mut index = BlocklistIndex::new();
             let mut now = 1_000_000i64;
-            let (mut hits, mut several) = (0, 0);
+            let (mut hits, mut several, mut inline) = (0, 0, 0);
             for _ in 0..3000 {
                 now += random.below(50) as i64;
                 match random.below(10) {
                     0..=5 => {
-                        let entity = random_entity(&mut random);
+                        let entity = random_entity(&mut random, sparse);
                         let expires_at = match random.below(4) {
                             0 => None,
                             _ => Some(now + 1 + random.below(2000) as i64),
@@ -1021,7 +1029,7 @@ mod tests {
                         index.remove(block.id, &block.entity);
                     }
                     7 if random.below(20) == 0 => {
-                        let network = match random_entity(&mut random) {
+                        let network = match random_entity(&mut random, sparse) {
                             Entity::Cidr(network) => network,
                             Entity::Ip(address) => Network::host(address),
                             Entity::User(_) | Entity::ApiKey(_) => continue,
@@ -1038,14 +1046,17 @@ mod tests {
                     }
                     _ => {
                         let probe = if random.below(4) == 0 {
-                            random_entity(&mut random)
+                            random_entity(&mut random, sparse)
                         } else {
-                            Entity::Ip(random_address(&mut random))
+                            Entity::Ip(random_address(&mut random, sparse))
                         };
                         let mut found = index.matching(&probe, at(now));
                         found.sort();
                         hits += usize::from(!found.is_empty());
                         several += usize::from(found.len() > 1);
+                        if let Entity::Ip(IpAddr::V6(v6)) = &probe {
+                            inline += usize::from(inline_at(&index, &v6.to_string()));
+                        }
                         assert_eq!(
                             found,
                             naive_matches(&model, &probe, now),
@@ -1056,8 +1067,8 @@ mod tests {
             }
             // The generator must produce hits and overlaps, or it proves little.
             assert!(
-                hits > 50 && several > 5,
-                "seed {seed}: {hits} hits, {several} overlaps"
+                hits > 50 && several > 5 && (!sparse || inline > 20),
+                "seed {seed}: {hits} hits, {several} overlaps, {inline} inline"
             );
         }
     }
