@@ -18,8 +18,9 @@
 //! (usually none or one), each one or two cache lines, whatever the table
 //! size; a probe for an absent key reads only the table's control bytes,
 //! which stay in the processor's cache (see `table.rs`). An IPv6 bucket
-//! covered by a single network (nearly all of them: IPv6 ranges are sparse)
-//! keeps that network whole in its own slot, so a check inside it reads
+//! covered by a single network (nearly all of them in the benchmark, whose
+//! ranges are scattered; a list that crowds many ranges into one /32 gains
+//! less) keeps that network whole in its own slot, so a check inside it reads
 //! no length's table: in alternating benchmark runs that took a check
 //! inside an IPv6 network from 265–410 ns to 170–230 ns, and the median of
 //! all checks down by about 15 ns (see BENCHMARKS.md). IPv4's buckets keep
