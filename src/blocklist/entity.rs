@@ -258,6 +258,24 @@ impl Entity {
     }
 
     /// The addresses an `ip` or `cidr` entity covers.
+    /// What a new block's user name or API key must also meet: no text
+    /// direction controls (see [`crate::http::is_direction_control`]). Kept
+    /// out of [`Entity::parse`], which also reads stored blocks and requests
+    /// to unblock: a block written before this rule must still be found,
+    /// enforced and lifted.
+    pub fn refuse_direction_controls(&self) -> Result<(), String> {
+        let name = match self {
+            Entity::User(name) | Entity::ApiKey(name) => name,
+            Entity::Ip(_) | Entity::Cidr(_) => return Ok(()),
+        };
+        if name.chars().any(crate::http::is_direction_control) {
+            return Err("must not contain text direction controls (U+202A-U+202E, \
+                 U+2066-U+2069), which make a name display as another"
+                .to_string());
+        }
+        Ok(())
+    }
+
     pub fn network(&self) -> Option<Network> {
         match self {
             Entity::Ip(address) => Some(Network::host(*address)),

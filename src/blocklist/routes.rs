@@ -78,6 +78,7 @@ fn parse_block_request(
     now: Timestamp,
 ) -> Result<NewBlock> {
     let entity = Entity::parse(request.entity_type, &request.value)
+        .and_then(|entity| entity.refuse_direction_controls().map(|()| entity))
         .map_err(|message| Error::invalid_field("value", message))?;
     let reason = parse_reason(&request.reason)?;
     let expires_at = store::resolve_expiry(now, request.duration_seconds, request.expires_at)?;

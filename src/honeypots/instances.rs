@@ -133,6 +133,13 @@ impl RegisterHoneypot {
                 "must not contain control characters",
             ));
         }
+        if name.chars().any(crate::http::is_direction_control) {
+            errors.push(FieldError::new(
+                "name",
+                "must not contain text direction controls (U+202A-U+202E, U+2066-U+2069), \
+                 which make a name display as another",
+            ));
+        }
         if self
             .latitude
             .is_some_and(|value| !(-90.0..=90.0).contains(&value))

@@ -7,6 +7,7 @@ mod logging;
 mod page;
 mod report;
 mod serve;
+mod text;
 
 pub use deadline::{enforce_deadline, Deadlines, IMPORT_PATH};
 pub use extract::{
@@ -18,3 +19,4 @@ pub use logging::log_request;
 pub use page::{fetch_page, Page, PageRequest};
 pub use report::RejectedLine;
 pub use serve::serve;
+pub use text::is_direction_control;

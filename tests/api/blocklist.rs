@@ -319,6 +319,37 @@ backend_tests! {
         assert!(list(&app, "active=false").await.is_empty());
     }
 
+    async fn names_that_display_as_another_are_refused_wherever_a_block_is_made(app: TestApp) {
+        // U+202E (right-to-left override) shows "admin\u{202E}nimda" as
+        // "adminadmin"; U+2066 (left-to-right isolate) hides one too.
+        let spoofs = ["admin\u{202E}nimda", "svc\u{2066}-backup"];
+        for (kind, value) in [("user", spoofs[0]), ("api_key", spoofs[1])] {
+            let body = json!({"entity_type": kind, "value": value, "reason": "x"});
+            let problem = app.admin_post("/security/policy/blocks", body).await.expect_problem(422);
+            assert!(problem.text.contains("direction"), "{}", problem.text);
+        }
+        let request = json!({"action_type": "block_entity", "reason": "spoof",
+            "payload": {"entity_type": "user", "value": spoofs[0]}});
+        let problem = app.admin_post("/security/actions/", request).await.expect_problem(422);
+        assert!(problem.text.contains("payload.value"), "{}", problem.text);
+        let line = json!({"entity_type": "user", "value": spoofs[1], "reason": "x"}).to_string();
+        let report = app
+            .import(&app.admin_token.clone(), "application/x-ndjson", line)
+            .await
+            .expect(200);
+        assert_eq!(report.body["rejected_total"], 1, "{}", report.text);
+        let place = json!({"name": "ssh\u{202E}01", "honeypot_type": "ssh"});
+        let problem = app
+            .admin_post("/security/honeypot/instances", place)
+            .await
+            .expect_problem(422);
+        assert!(problem.text.contains("direction"), "{}", problem.text);
+        assert!(list(&app, "active=true").await.is_empty());
+
+        // A right-to-left mark only nudges neutral characters: allowed.
+        app.block("user", "\u{5E9}\u{5E8}\u{200F}-1", json!({})).await.expect(201);
+    }
+
     async fn a_permanent_block_wins_over_any_expiry(app: TestApp) {
         let timed = app
             .block("user", "mallory", json!({"duration_seconds": 60}))
