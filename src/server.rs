@@ -65,6 +65,8 @@ pub struct Services {
     /// every change applies to it after its transaction commits.
     pub policy: policy::SharedPolicy,
     pub rate_limiter: RateLimiter,
+    /// What this process answered, for `GET /metrics`.
+    pub requests: crate::http::RequestMetrics,
 }
 
 /// Every path of the API, in one place: each domain contributes its routes.
@@ -96,7 +98,10 @@ pub fn router(state: AppState, settings: &ServeSettings) -> Router {
         .layer(axum::middleware::from_fn(
             crate::http::refuse_encoded_bodies,
         ))
-        .layer(axum::middleware::from_fn(crate::http::log_request))
+        .layer(axum::middleware::from_fn_with_state(
+            state.requests.clone(),
+            crate::http::log_request,
+        ))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             crate::http::Deadlines {
@@ -207,6 +212,7 @@ pub async fn start(settings: &ServeSettings, clock: Arc<dyn Clock>) -> Result<Ru
             honeypot_keys: auth::CredentialCache::default(),
             policy,
             rate_limiter,
+            requests: crate::http::RequestMetrics::default(),
         }),
         settings,
     );

@@ -6,8 +6,10 @@
 //! one dashboard call costs and its numbers agree with each other. Like
 //! the dashboard it needs a token that may read the security state (a
 //! `viewer` token is enough), which Prometheus sends with its scrape
-//! config's `authorization: {credentials: ...}`. All are gauges: the
+//! config's `authorization: {credentials: ...}`. These are gauges: the
 //! counts are of state in the database, which every replica reads alike.
+//! After them come the counts of requests this process answered (see
+//! `http::RequestMetrics`), which differ by replica.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -19,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use super::{snapshot, Dashboard};
 use crate::auth::{Capability, Principal};
 use crate::error::Result;
+use crate::http::escape_label;
 use crate::policy::Mode;
 use crate::server::AppState;
 
@@ -38,7 +41,9 @@ pub(super) async fn get_metrics(
 
     let dashboard = snapshot(&state).await?;
 
-    Ok(([(CONTENT_TYPE, TEXT_FORMAT)], render(&dashboard)).into_response())
+    let mut text = render(&dashboard);
+    state.requests.render(&mut text);
+    Ok(([(CONTENT_TYPE, TEXT_FORMAT)], text).into_response())
 }
 
 fn render(dashboard: &Dashboard) -> String {
@@ -128,16 +133,9 @@ fn single(text: &mut String, name: &str, help: &str, value: i64) {
 
 fn family(text: &mut String, name: &str, help: &str, label: &str, values: &BTreeMap<String, i64>) {
     header(text, name, help);
+    // Label values come from the service's own enums; escaped all the
+    // same, as the format asks, should one ever hold a quote.
     for (key, value) in values {
-        let _ = writeln!(text, "{name}{{{label}=\"{}\"}} {value}", escape(key));
+        let _ = writeln!(text, "{name}{{{label}=\"{}\"}} {value}", escape_label(key));
     }
-}
-
-/// Label values come from the service's own enums; escaped all the same,
-/// as the format asks, should one ever hold a quote or a line break.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }

@@ -4,6 +4,7 @@
 mod deadline;
 mod extract;
 mod logging;
+mod metrics;
 mod page;
 mod report;
 mod serve;
@@ -16,6 +17,7 @@ pub use extract::{
     OptionalJson, TelemetryJson, NUL_REFUSED,
 };
 pub use logging::log_request;
+pub use metrics::{escape_label, RequestMetrics};
 pub use page::{fetch_page, Page, PageRequest};
 pub use report::RejectedLine;
 pub use serve::serve;
