@@ -98,10 +98,6 @@ pub fn router(state: AppState, settings: &ServeSettings) -> Router {
         .layer(axum::middleware::from_fn(
             crate::http::refuse_encoded_bodies,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.requests.clone(),
-            crate::http::log_request,
-        ))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             crate::http::Deadlines {
@@ -113,6 +109,12 @@ pub fn router(state: AppState, settings: &ServeSettings) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             Error::Internal("a handler panicked".to_string()).into_response()
         }))
+        // Outermost, so that answers the layers above give themselves (408
+        // past the deadline, 500 for a panic) are logged and counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.requests.clone(),
+            crate::http::log_request,
+        ))
         .with_state(state)
 }
 

@@ -3,11 +3,11 @@
 //! latencies an operator alerts on (a burst of 401s, checks slowing down,
 //! 503s while the database is away).
 //!
-//! Counted where each request is logged ([`super::log_request`]), so every
-//! answer of the router is counted, rate-limit refusals included; a
-//! request cut off by the deadline or a panic, answered by layers outside
-//! it, is not. The counts are this process's since it started, as
-//! Prometheus counters are: each replica is scraped on its own.
+//! Counted where each request is logged ([`super::log_request`]), the
+//! router's outermost layer, so every answer is counted: rate-limit
+//! refusals, 408 past the deadline and 500 for a panic included. The counts
+//! are this process's since it started, as Prometheus counters are: each
+//! replica is scraped on its own.
 
 use std::collections::HashMap;
 use std::fmt::Write;

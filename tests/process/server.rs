@@ -28,7 +28,13 @@ impl Drop for ServerProcess {
 impl ServerProcess {
     /// Starts the server on `database_url` with a fresh admin token and
     /// returns once it answers `/readyz`; panics after 30 s.
+    #[allow(dead_code)] // not every target that includes this file uses both
     pub async fn start(database_url: &str) -> ServerProcess {
+        Self::start_with(database_url, &[]).await
+    }
+
+    /// As [`Self::start`], with more environment variables (settings).
+    pub async fn start_with(database_url: &str, settings: &[(&str, &str)]) -> ServerProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
@@ -41,6 +47,7 @@ impl ServerProcess {
             .env("VALHALLA_DATABASE_URL", database_url)
             .env("VALHALLA_ADMIN_TOKEN", &token)
             .env("VALHALLA_LOG", "warn")
+            .envs(settings.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
