@@ -311,7 +311,8 @@ backend_tests! {
         let mut connection = database(&app).await;
         let now = app.now().millis();
         let mut unseen = Vec::new();
-        for (value, expires_at) in [("unseen-live", now + 600_000), ("unseen-ended", now - 60_000)] {
+        let unseen_blocks = [("unseen-live", now + 600_000), ("unseen-ended", now - 60_000)];
+        for (value, expires_at) in unseen_blocks {
             let row = sqlx::query(
                 "INSERT INTO blocks (entity_type, value, reason, source, created_by, created_at, \
                      expires_at) \
