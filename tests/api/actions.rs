@@ -20,15 +20,13 @@ async fn file(app: &TestApp, token: &str, action_type: &str, payload: Value) -> 
 
 /// Files a request to block the address `value` and returns its id.
 async fn file_block(app: &TestApp, token: &str, value: &str) -> i64 {
-    file(
-        app,
-        token,
-        "block_entity",
-        json!({"entity_type": "ip", "value": value}),
-    )
-    .await
-    .expect(201)
-    .id()
+    file_ip_block(app, token, value).await.expect(201).id()
+}
+
+/// Files a request to block the address `value`; the answer as it came.
+async fn file_ip_block(app: &TestApp, token: &str, value: &str) -> Reply {
+    let payload = json!({"entity_type": "ip", "value": value});
+    file(app, token, "block_entity", payload).await
 }
 
 /// Asks to move request `id` to `status`.
@@ -468,13 +466,7 @@ backend_tests! {
         app.update_policy(json!({"allowlist": ["127.0.0.0/8", "::1/128", "198.51.100.0/24"]}))
             .await
             .expect(200);
-        let reply = file(
-            &app,
-            &analyst,
-            "block_entity",
-            json!({"entity_type": "ip", "value": "198.51.100.77"}),
-        )
-        .await;
+        let reply = file_ip_block(&app, &analyst, "198.51.100.77").await;
         reply.expect_problem(409);
 
         assert_eq!(listed_ids(&app, "").await, Vec::<i64>::new());
@@ -1266,13 +1258,7 @@ backend_tests! {
         let calm = file(&app, &detector, "set_mode", json!({"mode": "normal"}))
             .await
             .expect(201);
-        let blocked = file(
-            &app,
-            &detector,
-            "block_entity",
-            json!({"entity_type": "ip", "value": "198.51.100.31"}),
-        )
-        .await
+        let blocked = file_ip_block(&app, &detector, "198.51.100.31").await
         .expect(201);
 
         for filed in [&rewrite, &unblock, &calm] {
@@ -1333,13 +1319,7 @@ backend_tests! {
         app.update_policy(json!({"mode": "elevated"}))
             .await
             .expect(200);
-        let reply = file(
-            &app,
-            &detector,
-            "block_entity",
-            json!({"entity_type": "ip", "value": "198.51.100.31"}),
-        )
-        .await
+        let reply = file_ip_block(&app, &detector, "198.51.100.31").await
         .expect(201);
         assert_eq!(reply.body["status"], "executed", "{}", reply.text);
         let blocks = blocks_of(&app, "198.51.100.31", true).await;
