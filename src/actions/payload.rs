@@ -125,8 +125,7 @@ impl ActionPayload {
 }
 
 fn parse_block(payload: BlockEntityPayload, now: Timestamp) -> Result<ActionPayload> {
-    let entity = Entity::parse(payload.entity_type, &payload.value)
-        .and_then(|entity| entity.refuse_direction_controls().map(|()| entity))
+    let entity = Entity::parse_new(payload.entity_type, &payload.value)
         .map_err(|message| Error::invalid_field("value", message))?;
     if let Some(seconds) = payload.duration_seconds {
         crate::blocklist::resolve_expiry(now, Some(seconds), None)?;

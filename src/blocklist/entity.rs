@@ -229,6 +229,23 @@ pub enum Entity {
 }
 
 impl Entity {
+    /// Parses `value` as the entity of a new block, which must also hold no
+    /// text direction controls in a user name or API key (see
+    /// [`crate::http::is_direction_control`]). Kept out of [`Entity::parse`],
+    /// which also reads stored blocks and requests to unblock: a block
+    /// written before this rule must still be found, enforced and lifted.
+    pub fn parse_new(entity_type: EntityType, value: &str) -> Result<Self, String> {
+        let entity = Self::parse(entity_type, value)?;
+        if let Entity::User(name) | Entity::ApiKey(name) = &entity {
+            if name.chars().any(crate::http::is_direction_control) {
+                return Err("must not contain text direction controls (U+202A-U+202E, \
+                     U+2066-U+2069), which make a name display as another"
+                    .to_string());
+            }
+        }
+        Ok(entity)
+    }
+
     /// Parses `value` as an entity of `entity_type`.
     pub fn parse(entity_type: EntityType, value: &str) -> Result<Self, String> {
         match entity_type {
@@ -258,24 +275,6 @@ impl Entity {
     }
 
     /// The addresses an `ip` or `cidr` entity covers.
-    /// What a new block's user name or API key must also meet: no text
-    /// direction controls (see [`crate::http::is_direction_control`]). Kept
-    /// out of [`Entity::parse`], which also reads stored blocks and requests
-    /// to unblock: a block written before this rule must still be found,
-    /// enforced and lifted.
-    pub fn refuse_direction_controls(&self) -> Result<(), String> {
-        let name = match self {
-            Entity::User(name) | Entity::ApiKey(name) => name,
-            Entity::Ip(_) | Entity::Cidr(_) => return Ok(()),
-        };
-        if name.chars().any(crate::http::is_direction_control) {
-            return Err("must not contain text direction controls (U+202A-U+202E, \
-                 U+2066-U+2069), which make a name display as another"
-                .to_string());
-        }
-        Ok(())
-    }
-
     pub fn network(&self) -> Option<Network> {
         match self {
             Entity::Ip(address) => Some(Network::host(*address)),

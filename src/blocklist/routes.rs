@@ -77,8 +77,7 @@ fn parse_block_request(
     principal: &Principal,
     now: Timestamp,
 ) -> Result<NewBlock> {
-    let entity = Entity::parse(request.entity_type, &request.value)
-        .and_then(|entity| entity.refuse_direction_controls().map(|()| entity))
+    let entity = Entity::parse_new(request.entity_type, &request.value)
         .map_err(|message| Error::invalid_field("value", message))?;
     let reason = parse_reason(&request.reason)?;
     let expires_at = store::resolve_expiry(now, request.duration_seconds, request.expires_at)?;

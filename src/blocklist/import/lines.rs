@@ -378,9 +378,8 @@ fn to_block(
     if reason.contains('\0') {
         return Err(format!("reason: {NUL_REFUSED}"));
     }
-    let entity = Entity::parse(entity_type, value)
-        .and_then(|entity| entity.refuse_direction_controls().map(|()| entity))
-        .map_err(|message| format!("value: {message}"))?;
+    let entity =
+        Entity::parse_new(entity_type, value).map_err(|message| format!("value: {message}"))?;
     let reason = parse_reason(reason).map_err(detail)?;
     let expires_at = resolve_expiry(now, duration_seconds, expires_at).map_err(detail)?;
     Ok((entity, reason, expires_at))
